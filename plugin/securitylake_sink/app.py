@@ -1,0 +1,251 @@
+"""Wires the stages — sources, spool, mapping, batches, encoding, lake — and owns the event loop,
+signals and shutdown. Blocking work runs on two threads: ``pipeline`` (map, append, checkpoint,
+seal; serialised so the spool's invariants hold) and ``deliver`` (encode and store objects).
+"""
+
+from __future__ import annotations
+
+__all__ = ["App", "Counters", "run"]
+
+import asyncio
+import contextlib
+import logging
+import random
+import signal
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from securitylake_sink.batch import Batcher, LakeTarget
+from securitylake_sink.config import Config, split_address
+from securitylake_sink.deadletter import DeadLetterWriter
+from securitylake_sink.encode.parquet import encode_parquet
+from securitylake_sink.errors import DeliveryError, PermanentDelivery, SinkError, SpoolCorrupt
+from securitylake_sink.lake.store import ObjectStore, store_for
+from securitylake_sink.mapping.basic import Mapper
+from securitylake_sink.model import Chunk
+from securitylake_sink.ocsf.schema import load_schema
+from securitylake_sink.plan import destination_of
+from securitylake_sink.sources import decode_spooled
+from securitylake_sink.sources.forward import ForwardServer
+from securitylake_sink.spool import Spool, decode_chunk
+from securitylake_sink.spool.batchfile import BatchFile
+from securitylake_sink.spool.wal import WalPosition
+
+log = logging.getLogger("securitylake_sink")
+
+MAP_LIMIT = 512  # chunks per pipeline step
+IDLE_WAKE_SECS = 1.0  # how often an idle pipeline checks batch ages
+RETRY_BASE_SECS, RETRY_MAX_SECS = 1.0, 300.0
+
+
+@dataclass
+class Counters:
+    """What went where; ``records_in == mapped + dead_lettered`` once the pipeline is drained."""
+
+    records_in: int = 0
+    mapped: int = 0
+    dead_lettered: int = 0
+    objects: int = 0
+    object_rows: int = 0
+    object_bytes: int = 0
+    delivery_failures: int = 0
+    by_class: dict[int, int] = field(default_factory=dict)
+
+
+class App:
+    """One running sink. ``start`` → serve → ``shutdown``; or ``run_until`` a stop event."""
+
+    def __init__(self, config: Config, *, store: ObjectStore | None = None) -> None:
+        self.config = config
+        self.destination = destination_of(config)
+        if self.destination.region is None:
+            raise SinkError("the destination's region must be looked up; S3 destinations come with the S3 store")
+        self.schema = load_schema(config.ocsf.version)
+        self.spool = Spool(config.spool.path)
+        self.mapper = Mapper(self.schema, [(m.match, m.rule) for m in config.mappings])
+        self.batcher = Batcher(
+            self.schema,
+            LakeTarget(self.destination.prefix, self.destination.region, config.destination.account_id),
+            self.spool.open_dir,
+            max_age_secs=config.batch.max_age_secs,
+            max_bytes=config.batch.max_bytes,
+        )
+        self.dead_letters = DeadLetterWriter(config.dead_letter_path)
+        self.store = store or store_for(self.destination)
+        host, port = split_address(config.listen.forward.address)
+        self.forward = ForwardServer(
+            self.spool, host=host, port=port, max_frame_bytes=config.listen.forward.max_frame_bytes
+        )
+        self.counters = Counters()
+        self._pipeline = ThreadPoolExecutor(1, thread_name_prefix="pipeline")
+        self._deliver = ThreadPoolExecutor(1, thread_name_prefix="deliver")
+        self._sealed: asyncio.Queue[BatchFile] = asyncio.Queue()
+        self._cursor = WalPosition(0, 0)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = asyncio.Event()
+        self._drained = asyncio.Event()
+
+    # -- lifecycle -----------------------------------------------------------------------
+    async def start(self) -> None:
+        opened, sealed = self.spool.open()
+        self._cursor = self.spool.checkpoint
+        self.batcher.adopt(opened)
+        for batch in sealed:
+            self._sealed.put_nowait(batch)
+        if opened or sealed:
+            log.info("recovered batches from the spool", extra={"open": len(opened), "sealed": len(sealed)})
+        await self.forward.start()
+        self._tasks = [
+            asyncio.create_task(self._map_loop(), name="map"),
+            asyncio.create_task(self._deliver_loop(), name="deliver"),
+        ]
+        log.info(
+            "securitylake-sink is serving",
+            extra={"forward": f"{self.forward.port}", "lake": self.store.describe(), "spool": str(self.spool.path)},
+        )
+
+    async def shutdown(self, timeout: float = 30.0) -> bool:
+        """Stop accepting, map and store everything held; True when nothing is left behind."""
+        await self.forward.close()
+        self._stopping.set()
+        self.spool.wal.durable.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(self._drained.wait()), timeout)
+            clean = True
+        except TimeoutError:
+            log.warning("shutdown timed out; what is left stays in the spool for the next start")
+            clean = False
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.get_running_loop().run_in_executor(self._pipeline, self._close_files)
+        self._pipeline.shutdown(wait=True)
+        self._deliver.shutdown(wait=True)
+        self.spool.close()
+        return clean
+
+    def _close_files(self) -> None:
+        for batch in self.batcher.open.values():
+            batch.close()
+        self.dead_letters.close()
+
+    # -- mapping -------------------------------------------------------------------------
+    async def _map_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        wal = self.spool.wal
+        while True:
+            if self._cursor >= wal.end and not self._stopping.is_set():
+                deadline = self.batcher.next_deadline_ns()
+                wait = IDLE_WAKE_SECS if deadline is None else (deadline - time.time_ns()) / 1e9
+                wal.durable.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wal.durable.wait(), max(0.0, min(IDLE_WAKE_SECS, wait)))
+            stopping = self._stopping.is_set()
+            items: list[tuple[WalPosition, Chunk]] = wal.take_cached(self._cursor, MAP_LIMIT)
+            try:
+                sealed = await loop.run_in_executor(self._pipeline, self._step, items, stopping)
+            except SpoolCorrupt:
+                log.exception("the spool's write-ahead log is damaged; mapping stopped")
+                raise
+            for batch in sealed:
+                self._sealed.put_nowait(batch)
+            if stopping and self._cursor >= wal.end and not self.batcher.open:
+                await self._sealed.join()
+                self._drained.set()
+                return
+
+    def _step(self, items: list[tuple[WalPosition, Chunk]], flush_all: bool) -> list[BatchFile]:
+        """One pipeline step (pipeline thread): map what follows the cursor, checkpoint, seal."""
+        if not items and self._cursor < self.spool.wal.end:
+            records, end = self.spool.wal.read_from(self._cursor, MAP_LIMIT)
+            items = [(pos, self._decode(payload)) for pos, payload in records]
+            if not items:  # nothing durable between the cursor and the end it read up to
+                self._cursor = max(self._cursor, end)
+        if items:
+            chunks = [chunk for _, chunk in items]
+            placed, dead = self.mapper.map_chunks(chunks, self.config.destination.location_for)
+            self.batcher.add(placed, items[-1][0])
+            self.dead_letters.write(dead)
+            self.batcher.sync()
+            self.dead_letters.sync()
+            self._cursor = items[-1][0]
+            self.spool.write_checkpoint(self._cursor)
+            self.counters.records_in += sum(len(c.entries) for c in chunks)
+            self.counters.mapped += len(placed)
+            self.counters.dead_lettered += len(dead)
+        drained = flush_all and self._cursor >= self.spool.wal.end
+        sealed = []
+        for batch in self.batcher.due(everything=drained):
+            if batch.rows == 0:
+                batch.close()
+                batch.path.unlink(missing_ok=True)
+                continue
+            batch.move_to(self.spool.sealed_dir)
+            sealed.append(batch)
+        return sealed
+
+    @staticmethod
+    def _decode(payload: bytes) -> Chunk:
+        spooled = decode_chunk(payload)
+        return decode_spooled(spooled.kind, spooled.raw, spooled.received_ns)
+
+    # -- delivery ------------------------------------------------------------------------
+    async def _deliver_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = await self._sealed.get()
+            attempt = 0
+            while True:
+                try:
+                    rows, size = await loop.run_in_executor(self._deliver, self._deliver_one, batch)
+                    break
+                except DeliveryError as exc:
+                    attempt += 1
+                    self.counters.delivery_failures += 1
+                    delay = min(RETRY_MAX_SECS, RETRY_BASE_SECS * 2 ** min(attempt, 10)) * random.uniform(0.5, 1.0)
+                    log.warning(
+                        "could not store an object; it stays in the spool and is retried",
+                        extra={
+                            "key": batch.header.key,
+                            "attempt": attempt,
+                            "retry_in_secs": round(delay, 1),
+                            "permanent": isinstance(exc, PermanentDelivery),
+                            "reason": str(exc),
+                        },
+                    )
+                    await asyncio.sleep(delay)
+            self.counters.objects += 1
+            self.counters.object_rows += rows
+            self.counters.object_bytes += size
+            cls = batch.header.class_uid
+            self.counters.by_class[cls] = self.counters.by_class.get(cls, 0) + rows
+            log.info("stored an object", extra={"key": batch.header.key, "rows": rows, "bytes": size})
+            self._sealed.task_done()
+
+    def _deliver_one(self, batch: BatchFile) -> tuple[int, int]:
+        schema = load_schema(batch.header.ocsf_version).arrow_schema(batch.header.class_uid)
+        table = batch.read_table(schema)
+        data = encode_parquet(table)
+        self.store.put(batch.header.key, data)
+        batch.path.unlink(missing_ok=True)
+        return table.num_rows, len(data)
+
+
+async def run(config: Config, *, ready: Callable[[App], None] | None = None, stop: asyncio.Event | None = None) -> int:
+    """Serve until SIGTERM/SIGINT (or ``stop``), then flush what is held; the exit code."""
+    app = App(config)
+    await app.start()
+    if ready is not None:
+        ready(app)
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("stopping: flushing what the sink holds")
+    clean = await app.shutdown()
+    log.info("stopped", extra={"objects": app.counters.objects, "rows": app.counters.object_rows, "clean": clean})
+    return 0

@@ -1,0 +1,377 @@
+"""The typed, frozen configuration: parse (YAML, ``${ENV}``), validate (every error names its
+dotted option and the rule it broke), and the resolved plan that ``check-config`` prints.
+
+Defaults and service limits are named constants here, with their source beside them.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AuthConfig",
+    "BatchConfig",
+    "Config",
+    "DeadLetterConfig",
+    "DestinationConfig",
+    "ListenConfig",
+    "SourceLocation",
+    "load_config",
+    "parse_config",
+]
+
+import difflib
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from securitylake_sink.errors import ConfigError, ConfigIssue
+
+# Security Lake: objects no more often than every 5 minutes, no later than 1 day (user guide,
+# "Custom source best practices"). Below 5 minutes is allowed for local lakes and tests.
+DEFAULT_MAX_AGE_SECS = 300
+MAX_MAX_AGE_SECS = 86_400
+# Arrow bytes held per open batch before it is flushed; Parquet is several times smaller.
+DEFAULT_BATCH_MAX_BYTES = 64 * 1024 * 1024
+MAX_BATCH_MAX_BYTES = 1024 * 1024 * 1024
+# Fluent Bit chunks are about 2 MB; in_forward itself caps at 6 MB (pipeline-protocols §6.5).
+DEFAULT_MAX_FRAME_BYTES = 16 * 1024 * 1024
+DEFAULT_FORWARD_ADDRESS = "0.0.0.0:24224"
+DEFAULT_SPOOL_PATH = "/var/lib/securitylake-sink/spool"
+DEFAULT_OCSF_VERSION = "1.1.0"
+# The integration contract: the writer role's name starts with this prefix (configurable).
+DEFAULT_ROLE_NAME_PREFIX = "SynqlyAccess"
+# STS AssumeRole: 900 s up to the role's maximum session, never above 12 hours.
+MIN_DURATION_SECS, MAX_DURATION_SECS, DEFAULT_DURATION_SECS = 900, 43_200, 3600
+ACCOUNT_ID = re.compile(r"^(\d{12}|external|external_[A-Za-z0-9_-]{1,64})$")
+LOCATION = re.compile(r"^ext/[A-Za-z0-9][A-Za-z0-9_.-]{0,63}/(?:[A-Za-z0-9][A-Za-z0-9_.-]{0,31}/)?$")
+ROLE_ARN = re.compile(
+    r"^arn:(?P<partition>aws|aws-cn|aws-us-gov):iam::(?P<account>\d{12}):role/"
+    r"(?P<path>(?:[\x21-\x7e]+/)*)(?P<name>[\w+=,.@-]{1,64})$"
+)
+EXTERNAL_ID = re.compile(r"^[A-Za-z0-9+=,.@:/-]{2,1224}$")
+SESSION_NAME = re.compile(r"^[\w+=,.@-]{2,64}$")
+ENV_REF = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+MASK = "********"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SourceLocation(_Model):
+    """Where the objects of one OCSF class go: a Security Lake custom-source location."""
+
+    class_uid: int | Literal["*"]
+    location: str
+
+    @field_validator("location")
+    @classmethod
+    def _location(cls, value: str) -> str:
+        if "://" in value:  # Security Lake prints provider.location as s3://<bucket>/ext/<src>/
+            value = value.split("://", 1)[1].partition("/")[2]
+        if value and not value.endswith("/"):
+            value += "/"
+        if not LOCATION.match(value):
+            raise ValueError(f"must look like ext/<source>/ or ext/<source>/<version>/, got {value!r}")
+        return value
+
+
+class DestinationConfig(_Model):
+    url: str
+    region: str | None = None
+    endpoint: str | None = None
+    account_id: str = "external"
+    sources: tuple[SourceLocation, ...] = Field(min_length=1)
+
+    @field_validator("account_id")
+    @classmethod
+    def _account(cls, value: str) -> str:
+        if not ACCOUNT_ID.match(value):
+            raise ValueError(f"must be 12 digits, 'external' or 'external_<id>', got {value!r}")
+        return value
+
+    @field_validator("sources")
+    @classmethod
+    def _unique(cls, value: tuple[SourceLocation, ...]) -> tuple[SourceLocation, ...]:
+        seen: set[int | str] = set()
+        for source in value:
+            if source.class_uid in seen:
+                raise ValueError(f"class_uid {source.class_uid} is listed twice")
+            seen.add(source.class_uid)
+        return value
+
+    def location_for(self, class_uid: int) -> str | None:
+        """The configured location of a class, the ``*`` entry's otherwise, or None."""
+        fallback = None
+        for source in self.sources:
+            if source.class_uid == class_uid:
+                return source.location
+            if source.class_uid == "*":
+                fallback = source.location
+        return fallback
+
+
+class AuthConfig(_Model):
+    role_arn: str | None = None
+    external_id: SecretStr | None = None
+    role_session_name: str | None = None
+    duration_seconds: int = Field(DEFAULT_DURATION_SECS, ge=MIN_DURATION_SECS, le=MAX_DURATION_SECS)
+    role_name_prefix: str = DEFAULT_ROLE_NAME_PREFIX
+    access_key_id: str | None = None
+    secret_access_key: SecretStr | None = None
+    session_token: SecretStr | None = None
+    sts_endpoint: str | None = None
+
+    @field_validator("external_id")
+    @classmethod
+    def _external_id(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not EXTERNAL_ID.match(value.get_secret_value()):
+            raise ValueError("must be 2 to 1224 characters of A-Z a-z 0-9 + = , . @ : / -")
+        return value
+
+    @field_validator("role_session_name")
+    @classmethod
+    def _session_name(cls, value: str | None) -> str | None:
+        if value is not None and not SESSION_NAME.match(value):
+            raise ValueError(f"must be 2 to 64 characters of A-Z a-z 0-9 _ + = , . @ -, got {value!r}")
+        return value
+
+    @field_validator("access_key_id")
+    @classmethod
+    def _access_key(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Z0-9]{16,128}", value):
+            raise ValueError("must be 16 to 128 upper-case letters and digits (like AKIA...)")
+        return value
+
+    @model_validator(mode="after")
+    def _combination(self) -> AuthConfig:
+        issues: list[ConfigIssue] = []
+        if self.role_arn is not None:
+            match = ROLE_ARN.match(self.role_arn)
+            if not match:
+                issues.append(
+                    ConfigIssue(
+                        "auth.role_arn",
+                        "must look like arn:<aws|aws-cn|aws-us-gov>:iam::<12 digits>:role/[<path>/]<name>",
+                    )
+                )
+            elif self.role_name_prefix and not match["name"].startswith(self.role_name_prefix):
+                issues.append(
+                    ConfigIssue(
+                        "auth.role_arn",
+                        f"the role name {match['name']!r} must start with {self.role_name_prefix!r} "
+                        "(auth.role_name_prefix)",
+                    )
+                )
+            if self.external_id is None:
+                issues.append(
+                    ConfigIssue(
+                        "auth.external_id", "is required with auth.role_arn (it must match the role's trust policy)"
+                    )
+                )
+        else:
+            for name in ("external_id", "role_session_name"):
+                if getattr(self, name) is not None:
+                    issues.append(ConfigIssue(f"auth.{name}", "only applies with auth.role_arn"))
+        if (self.access_key_id is None) != (self.secret_access_key is None):
+            missing = "secret_access_key" if self.secret_access_key is None else "access_key_id"
+            issues.append(ConfigIssue(f"auth.{missing}", "auth.access_key_id and auth.secret_access_key go together"))
+        if self.session_token is not None and self.access_key_id is None:
+            issues.append(
+                ConfigIssue("auth.session_token", "only applies with auth.access_key_id and auth.secret_access_key")
+            )
+        if issues:
+            raise ConfigError(issues)
+        return self
+
+    @property
+    def mode(self) -> Literal["assume_role", "static", "default_chain"]:
+        if self.role_arn:
+            return "assume_role"
+        return "static" if self.access_key_id else "default_chain"
+
+
+class ForwardListen(_Model):
+    address: str = DEFAULT_FORWARD_ADDRESS
+    max_frame_bytes: int = Field(DEFAULT_MAX_FRAME_BYTES, ge=1024, le=1024 * 1024 * 1024)
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        split_address(value)
+        return value
+
+
+class ListenConfig(_Model):
+    forward: ForwardListen = ForwardListen()
+
+
+class BatchConfig(_Model):
+    max_age_secs: float = Field(DEFAULT_MAX_AGE_SECS, gt=0, le=MAX_MAX_AGE_SECS)
+    max_bytes: int = Field(DEFAULT_BATCH_MAX_BYTES, ge=1024, le=MAX_BATCH_MAX_BYTES)
+
+
+class SpoolConfig(_Model):
+    path: Path = Path(DEFAULT_SPOOL_PATH)
+    max_bytes: int | None = Field(None, ge=1024 * 1024)
+
+
+class OcsfConfig(_Model):
+    version: str = DEFAULT_OCSF_VERSION
+
+    @field_validator("version")
+    @classmethod
+    def _version(cls, value: str) -> str:
+        from securitylake_sink.ocsf.schema import bundled_versions  # noqa: PLC0415 (heavy import)
+
+        if value not in bundled_versions():
+            raise ValueError(f"must be one of the bundled versions {', '.join(bundled_versions())}, got {value!r}")
+        return value
+
+
+class MappingBinding(_Model):
+    match: str
+    rule: Literal["ocsf", "base_event"]
+
+
+class DeadLetterConfig(_Model):
+    location: str | None = None  # file:// directory; default <spool.path>/dead_letter
+
+
+class Config(_Model):
+    """The whole validated configuration; build the running parts from it, never from dicts."""
+
+    destination: DestinationConfig
+    auth: AuthConfig = AuthConfig()
+    listen: ListenConfig = ListenConfig()
+    batch: BatchConfig = BatchConfig()
+    spool: SpoolConfig = SpoolConfig()
+    ocsf: OcsfConfig = OcsfConfig()
+    mappings: tuple[MappingBinding, ...] = ()
+    dead_letter: DeadLetterConfig = DeadLetterConfig()
+
+    @property
+    def dead_letter_path(self) -> Path:
+        loc = self.dead_letter.location
+        if loc is None:
+            return self.spool.path / "dead_letter"
+        return Path(loc.removeprefix("file://"))
+
+
+def split_address(value: str) -> tuple[str, int]:
+    """``host:port`` or ``[v6]:port`` → (host, port); raises ValueError naming the rule."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"must be host:port with a port from 0 to 65535, got {value!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def interpolate(value: Any, path: str = "", env: Mapping[str, str] | None = None) -> Any:
+    """Replace ``${VAR}`` and ``${VAR:-default}`` in every string scalar; ``$$`` is a literal ``$``."""
+    env = os.environ if env is None else env
+    if isinstance(value, dict):
+        return {k: interpolate(v, f"{path}.{k}" if path else str(k), env) for k, v in value.items()}
+    if isinstance(value, list):
+        return [interpolate(v, f"{path}[{i}]", env) for i, v in enumerate(value)]
+    if not isinstance(value, str) or "$" not in value:
+        return value
+
+    def substitute(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        name, default = match.group(1), match.group(2)
+        if name in env:
+            return env[name]
+        if default is not None:
+            return default
+        raise ConfigError(f"environment variable {name} is not set (write ${{{name}:-default}} for a default)", path)
+
+    return ENV_REF.sub(substitute, value)
+
+
+def _issues(error: ValidationError, data: Any) -> list[ConfigIssue]:
+    issues: list[ConfigIssue] = []
+    for err in error.errors():
+        loc = [
+            p for p in err["loc"] if not (isinstance(p, str) and p.startswith(("function-", "literal[", "int", "str")))
+        ]
+        option = ""
+        for part in loc:
+            option += f"[{part}]" if isinstance(part, int) else (f".{part}" if option else str(part))
+        ctx_error = (err.get("ctx") or {}).get("error")
+        if isinstance(ctx_error, ConfigError):
+            issues.extend(ctx_error.issues)
+            continue
+        if err["type"] == "extra_forbidden":
+            issues.append(ConfigIssue(option, "is not a known option" + _suggest(option, data)))
+            continue
+        message = str(ctx_error) if ctx_error is not None else err["msg"].removeprefix("Value error, ")
+        if (
+            err["type"] != "value_error"
+            and "secret" not in option
+            and "external_id" not in option
+            and "token" not in option
+        ):
+            message += f", got {err['input']!r}" if not isinstance(err["input"], dict) else ""
+        issues.append(ConfigIssue(option, message))
+    return issues
+
+
+def _suggest(option: str, data: Any) -> str:
+    head, _, name = option.rpartition(".")
+    model: Any = Config
+    for part in head.split(".") if head else []:
+        field = model.model_fields.get(re.sub(r"\[\d+\]$", "", part))
+        model = getattr(field, "annotation", None) if field else None
+        if isinstance(model, type) and issubclass(model, BaseModel):
+            continue
+        args = getattr(model, "__args__", ())
+        model = next((a for a in args if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        if model is None:
+            return ""
+    close = difflib.get_close_matches(name, list(model.model_fields), n=1)
+    return f" (did you mean {head + '.' if head else ''}{close[0]}?)" if close else ""
+
+
+def parse_config(text: str, *, env: Mapping[str, str] | None = None, origin: str = "<config>") -> Config:
+    """YAML text → a validated Config, or ConfigError listing every broken rule."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{origin} is not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{origin} must be a mapping of option groups, got {type(data).__name__}")
+    data = interpolate(data, env=env)
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_issues(exc, data)) from None
+    from securitylake_sink.plan import check  # noqa: PLC0415 (plan imports this module)
+
+    check(config)
+    return config
+
+
+def load_config(path: str | Path, *, env: Mapping[str, str] | None = None) -> Config:
+    """Read and validate a config file; an unreadable file is a ConfigError too."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    return parse_config(text, env=env, origin=str(path))

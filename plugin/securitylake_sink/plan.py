@@ -1,0 +1,124 @@
+"""Rules that span option groups, and the resolved plan that ``check-config`` prints.
+
+Nothing here does network I/O; secrets are masked before anything leaves this module.
+"""
+
+from __future__ import annotations
+
+__all__ = ["check", "destination_of", "resolve_plan", "warnings_for"]
+
+from typing import Any
+
+from pydantic import SecretStr
+
+from securitylake_sink.config import MASK, Config
+from securitylake_sink.errors import ConfigError, ConfigIssue, SchemaError
+from securitylake_sink.lake.url import Destination, parse_destination
+from securitylake_sink.ocsf.schema import load_schema
+
+
+def destination_of(config: Config) -> Destination:
+    """The parsed destination URL with its region inferred (no network I/O)."""
+    dest = config.destination
+    return parse_destination(dest.url, region=dest.region, endpoint=dest.endpoint)
+
+
+def check(config: Config) -> None:
+    """Raise ConfigError for every cross-option rule the config breaks."""
+    issues: list[ConfigIssue] = []
+    try:
+        destination_of(config)
+    except ConfigError as exc:
+        issues.extend(exc.issues)
+    schema = load_schema(config.ocsf.version)
+    for i, source in enumerate(config.destination.sources):
+        if source.class_uid == "*":
+            continue
+        try:
+            schema.class_info(source.class_uid)
+        except SchemaError:
+            issues.append(
+                ConfigIssue(
+                    f"destination.sources[{i}].class_uid",
+                    f"OCSF {schema.version} has no event class {source.class_uid}",
+                )
+            )
+    if issues:
+        raise ConfigError(issues)
+
+
+def warnings_for(config: Config) -> list[str]:
+    """Things that are allowed but that a user of a real lake should hear about."""
+    out: list[str] = []
+    dest = destination_of(config)
+    if dest.kind == "s3":
+        if config.batch.max_age_secs < 300:
+            out.append(
+                "batch.max_age_secs below 300 writes objects more often than Security Lake's "
+                "5-minute cadence; queries over many small objects are slower"
+            )
+        if any(s.class_uid == "*" for s in config.destination.sources):
+            out.append(
+                "destination.sources has a '*' location: Security Lake registers one OCSF class "
+                "per custom source, so give each class its own location"
+            )
+        if config.auth.mode == "static":
+            out.append("auth uses static access keys: supported, but an IAM role is recommended")
+    return out
+
+
+def _mask(value: str | SecretStr | None, keep: int = 0) -> str | None:
+    if value is None:
+        return None
+    text = value.get_secret_value() if isinstance(value, SecretStr) else value
+    if keep and len(text) > 2 * keep + 4:
+        return f"{text[:keep]}{MASK}{text[-keep:]}"
+    return MASK
+
+
+def resolve_plan(config: Config) -> dict[str, Any]:
+    """The resolved plan as plain JSON-ready data, with every secret masked."""
+    dest = destination_of(config)
+    auth = config.auth
+    schema = load_schema(config.ocsf.version)
+    sources = []
+    for source in config.destination.sources:
+        entry: dict[str, Any] = {"class_uid": source.class_uid, "location": source.location}
+        if source.class_uid != "*":
+            entry["class_name"] = schema.class_info(source.class_uid).caption
+        sources.append(entry)
+    return {
+        "destination": {
+            "kind": dest.kind,
+            "url": config.destination.url,
+            "bucket": dest.bucket,
+            "prefix": dest.prefix,
+            "path": str(dest.local_path) if dest.local_path else None,
+            "region": dest.region,
+            "region_source": dest.region_source,
+            "partition": dest.partition,
+            "path_style": dest.path_style,
+            "endpoint": dest.endpoint_url,
+            "account_id": config.destination.account_id,
+            "sources": sources,
+        },
+        "auth": {
+            "mode": auth.mode,
+            "role_arn": auth.role_arn,
+            "external_id": _mask(auth.external_id),
+            "role_session_name": auth.role_session_name,
+            "duration_seconds": auth.duration_seconds,
+            "role_name_prefix": auth.role_name_prefix,
+            "access_key_id": _mask(auth.access_key_id, keep=4),
+            "secret_access_key": _mask(auth.secret_access_key),
+            "session_token": _mask(auth.session_token),
+            "sts_endpoint": auth.sts_endpoint,
+        },
+        "listen": {"forward": config.listen.forward.model_dump()},
+        "batch": config.batch.model_dump(),
+        "spool": {"path": str(config.spool.path), "max_bytes": config.spool.max_bytes},
+        "ocsf": {"version": config.ocsf.version},
+        "mappings": [m.model_dump() for m in config.mappings],
+        "dead_letter": {"location": str(config.dead_letter_path)},
+        "warnings": warnings_for(config),
+    }

@@ -1,0 +1,136 @@
+"""Batch files: the mapped OCSF rows of one (location, class, event hour), on disk until stored.
+
+A file is a JSON header record followed by frames, each an Arrow record batch in the class
+schema tagged with the write-ahead-log position of the chunk it came from. All records use the
+write-ahead log's framing (magic, length, crc32), so a torn tail is found the same way.
+"""
+
+from __future__ import annotations
+
+__all__ = ["BatchFile", "BatchHeader"]
+
+import json
+import os
+import struct
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import pyarrow as pa
+
+from securitylake_sink.errors import SpoolCorrupt
+from securitylake_sink.spool.wal import WalPosition, encode_record, fsync_dir, scan_records
+
+FRAME_POS = struct.Struct(">QQ")  # write-ahead-log segment and offset of the source chunk
+ROWS = struct.Struct(">Q")
+SUFFIX = ".batch"
+
+
+@dataclass(frozen=True, slots=True)
+class BatchHeader:
+    """What a batch file holds and where its object goes; fixed when the file is created."""
+
+    batch_id: str
+    class_uid: int
+    ocsf_version: str
+    location: str
+    hour: int  # event hour: epoch seconds // 3600, UTC
+    key: str  # the object key, decided before any upload attempt
+    created_ns: int
+
+
+class BatchFile:
+    """One batch on disk. Appends are buffered; ``sync`` makes them durable."""
+
+    def __init__(self, path: Path, header: BatchHeader, *, rows: int = 0, size: int = 0) -> None:
+        self.path = path
+        self.header = header
+        self.rows = rows
+        self.bytes = size
+        self._file: BinaryIO | None = None
+        self._dirty = False
+
+    @classmethod
+    def create(cls, directory: Path, header: BatchHeader) -> BatchFile:
+        path = directory / f"{header.batch_id}{SUFFIX}"
+        with path.open("xb") as f:
+            f.write(encode_record(json.dumps(asdict(header)).encode()))
+            f.flush()
+            os.fsync(f.fileno())
+        fsync_dir(directory)
+        return cls(path, header)
+
+    @classmethod
+    def open(cls, path: Path, keep_before: WalPosition | None = None) -> BatchFile:
+        """Open an existing file; cut a torn tail, and frames at or after ``keep_before``."""
+        data = path.read_bytes()
+        records = scan_records(data)
+        first = next(records, None)
+        if first is None:
+            raise SpoolCorrupt(f"batch file {path.name} has no readable header")
+        header = BatchHeader(**json.loads(first[2]))
+        good, rows, size = first[1], 0, 0
+        for _, end, payload in records:
+            pos = WalPosition(*FRAME_POS.unpack_from(payload))
+            if keep_before is not None and pos >= keep_before:
+                break
+            good, rows, size = end, rows + _frame_rows(payload), size + len(payload)
+        if good < len(data):
+            with path.open("r+b") as f:
+                f.truncate(good)
+                os.fsync(f.fileno())
+        return cls(path, header, rows=rows, size=size)
+
+    def append(self, batch: pa.RecordBatch, position: WalPosition) -> None:
+        if self._file is None:
+            self._file = self.path.open("ab")
+        payload = FRAME_POS.pack(position.segment, position.offset) + _serialize(batch)
+        self._file.write(encode_record(payload))
+        self.rows += batch.num_rows
+        self.bytes += len(payload)
+        self._dirty = True
+
+    def sync(self) -> None:
+        if self._file is not None and self._dirty:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._dirty = False
+
+    def close(self) -> None:
+        if self._file is not None:
+            self.sync()
+            self._file.close()
+            self._file = None
+
+    def move_to(self, directory: Path) -> None:
+        """Seal: move into ``directory`` (same file system), durably."""
+        self.close()
+        target = directory / self.path.name
+        old_dir = self.path.parent
+        self.path.replace(target)
+        fsync_dir(directory)
+        fsync_dir(old_dir)
+        self.path = target
+
+    def read_table(self, schema: pa.Schema) -> pa.Table:
+        """Every frame as one table in ``schema``; a bad frame inside the file is corruption."""
+        data = self.path.read_bytes()
+        batches = []
+        end = 0
+        for index, (_, frame_end, payload) in enumerate(scan_records(data)):
+            end = frame_end
+            if index == 0:
+                continue
+            message = pa.py_buffer(payload)[FRAME_POS.size + ROWS.size :]
+            batches.append(pa.ipc.read_record_batch(message, schema))
+        if end != len(data):
+            raise SpoolCorrupt(f"batch file {self.path.name} is damaged at byte {end}")
+        return pa.Table.from_batches(batches, schema=schema)
+
+
+def _serialize(batch: pa.RecordBatch) -> bytes:
+    return ROWS.pack(batch.num_rows) + bytes(batch.serialize().to_pybytes())
+
+
+def _frame_rows(payload: bytes) -> int:
+    return int(ROWS.unpack_from(payload, FRAME_POS.size)[0])

@@ -1,0 +1,252 @@
+"""The intake write-ahead log: received bytes appended, fsynced in groups, read back in order.
+
+Records are ``MAGIC | u32 length | u32 crc32(payload) | payload`` in segment files named by a
+sequence number. ``append`` returns only after the record is on disk (one fsync serves every
+append that arrived while the previous fsync ran). A torn record at the tail of the newest
+segment is cut off on open; everything before it is kept.
+"""
+
+from __future__ import annotations
+
+__all__ = ["WalPosition", "WriteAheadLog", "encode_record", "scan_records"]
+
+import asyncio
+import logging
+import os
+import struct
+import zlib
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from securitylake_sink.errors import SpoolCorrupt, SpoolError
+
+log = logging.getLogger("securitylake_sink.spool")
+
+MAGIC = b"W1"
+HEADER = struct.Struct(">2sII")
+SEGMENT_BYTES = 64 * 1024 * 1024
+# Decoded chunks kept in memory for the mapper; past this it reads them back from disk.
+CACHE_BYTES = 32 * 1024 * 1024
+MAX_RECORD_BYTES = 1024 * 1024 * 1024
+
+
+@dataclass(frozen=True, order=True, slots=True)
+class WalPosition:
+    """A point in the log: segment sequence number and byte offset within it."""
+
+    segment: int
+    offset: int
+
+
+def encode_record(payload: bytes) -> bytes:
+    return HEADER.pack(MAGIC, len(payload), zlib.crc32(payload)) + payload
+
+
+def scan_records(data: bytes, start: int = 0) -> Iterator[tuple[int, int, bytes]]:
+    """Yield (offset, end, payload) of each whole, valid record; stop at the first bad one."""
+    pos = start
+    while pos + HEADER.size <= len(data):
+        magic, length, crc = HEADER.unpack_from(data, pos)
+        end = pos + HEADER.size + length
+        if magic != MAGIC or length > MAX_RECORD_BYTES or end > len(data):
+            return
+        payload = data[pos + HEADER.size : end]
+        if zlib.crc32(payload) != crc:
+            return
+        yield pos, end, payload
+        pos = end
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class WriteAheadLog:
+    """Segments under one directory; one writer (this object), one reader cursor (the mapper)."""
+
+    def __init__(self, directory: Path, *, segment_bytes: int = SEGMENT_BYTES) -> None:
+        self.dir = directory
+        self.segment_bytes = segment_bytes
+        self._file: BinaryIO | None = None
+        self._segment = 0
+        self._offset = 0  # the WAL thread's write position; may be ahead of what is durable
+        self._durable_end = WalPosition(0, 0)
+        self._pending: list[tuple[bytes, Any, asyncio.Future[WalPosition]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wal")
+        self._cache: deque[tuple[WalPosition, WalPosition, Any]] = deque()
+        self._cache_bytes = 0
+        self.durable = asyncio.Event()  # set whenever new records become durable
+        self.appended_bytes = 0
+
+    # -- opening and recovery ------------------------------------------------------------
+    def open(self) -> None:
+        """Create the directory, cut a torn tail off the newest segment, start a new one."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        segments = self.segments()
+        if segments:
+            last = segments[-1]
+            path = self.segment_path(last)
+            data = path.read_bytes()
+            good = 0
+            for _, end, _ in scan_records(data):
+                good = end
+            if good < len(data):
+                log.warning(
+                    "cut a torn record off the spool's write-ahead log",
+                    extra={"segment": path.name, "kept_bytes": good, "cut_bytes": len(data) - good},
+                )
+                with path.open("r+b") as f:
+                    f.truncate(good)
+                    os.fsync(f.fileno())
+        self._segment = (segments[-1] + 1) if segments else 1
+        self._open_segment()
+        self._durable_end = WalPosition(self._segment, self._offset)
+
+    def segments(self) -> list[int]:
+        return sorted(int(p.stem) for p in self.dir.glob("*.wal") if p.stem.isdigit())
+
+    def segment_path(self, segment: int) -> Path:
+        return self.dir / f"{segment:020d}.wal"
+
+    def _open_segment(self) -> None:
+        if self._file is not None:
+            self._file.close()
+        self._file = self.segment_path(self._segment).open("ab")
+        self._offset = self._file.tell()
+        fsync_dir(self.dir)
+
+    @property
+    def end(self) -> WalPosition:
+        """The position after the last durable record (moves only on the event loop)."""
+        return self._durable_end
+
+    # -- appending -----------------------------------------------------------------------
+    async def append(self, payload: bytes, decoded: Any = None, weight: int = 0) -> WalPosition:
+        """Append one record; returns its end position once it is on disk.
+
+        ``decoded`` (the chunk the payload came from) is cached for the reader so the live
+        path does not decode twice; ``weight`` is its size for the cache bound.
+        """
+        future: asyncio.Future[WalPosition] = asyncio.get_running_loop().create_future()
+        self._pending.append((payload, (decoded, weight), future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush_loop())
+        return await future
+
+    async def _flush_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._pending:
+            group, self._pending = self._pending, []
+            try:
+                spans = await loop.run_in_executor(self._io, self._write_group, [p for p, _, _ in group])
+            except OSError as exc:
+                error = SpoolError(f"cannot write the spool's write-ahead log: {exc.strerror or exc}")
+                for _, _, future in group:
+                    if not future.done():
+                        future.set_exception(error)
+                continue
+            if spans:
+                self._durable_end = spans[-1][1]
+            for (start, end), (_, (decoded, weight), future) in zip(spans, group, strict=True):
+                if decoded is not None:
+                    self._cache.append((start, end, decoded))
+                    self._cache_bytes += weight
+                if not future.done():
+                    future.set_result(end)
+            while self._cache_bytes > CACHE_BYTES and self._cache:
+                self._cache_bytes -= self._cache_weight(self._cache.popleft())
+            self.durable.set()
+
+    @staticmethod
+    def _cache_weight(item: tuple[WalPosition, WalPosition, Any]) -> int:
+        return item[1].offset - item[0].offset if item[1].segment == item[0].segment else 0
+
+    def _write_group(self, payloads: list[bytes]) -> list[tuple[WalPosition, WalPosition]]:
+        """Runs on the WAL thread: write, fsync, rotate. On error, cut back to the old end."""
+        assert self._file is not None
+        start_offset = self._offset
+        spans = []
+        try:
+            for payload in payloads:
+                record = encode_record(payload)
+                start = WalPosition(self._segment, self._offset)
+                self._file.write(record)
+                self._offset += len(record)
+                spans.append((start, WalPosition(self._segment, self._offset)))
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        except OSError:
+            self._offset = start_offset
+            try:  # leave no half-written record behind the durable ones
+                self._file.truncate(start_offset)
+                self._file.seek(start_offset)
+            except OSError:
+                log.exception("cannot cut back the write-ahead log after a failed write")
+            raise
+        self.appended_bytes += self._offset - start_offset
+        if self._offset >= self.segment_bytes:
+            self._segment += 1
+            self._open_segment()
+        return spans
+
+    # -- reading -------------------------------------------------------------------------
+    def take_cached(self, cursor: WalPosition, limit: int) -> list[tuple[WalPosition, Any]]:
+        """Decoded chunks that follow ``cursor`` contiguously, with their end positions."""
+        while self._cache and self._cache[0][0] < cursor:
+            self._cache_bytes -= self._cache_weight(self._cache.popleft())
+        out: list[tuple[WalPosition, Any]] = []
+        expected = cursor
+        for start, end, decoded in self._cache:
+            if len(out) >= limit or not self._follows(expected, start):
+                break
+            out.append((end, decoded))
+            expected = end
+        return out
+
+    @staticmethod
+    def _follows(cursor: WalPosition, start: WalPosition) -> bool:
+        """Whether a record starting at ``start`` is the next one after ``cursor``."""
+        return start == cursor or (start.offset == 0 and start.segment == cursor.segment + 1)
+
+    def read_from(self, cursor: WalPosition, limit: int) -> tuple[list[tuple[WalPosition, bytes]], WalPosition]:
+        """Up to ``limit`` durable records from disk after ``cursor``, and the durable end that
+        bounded the read (blocking; call off the loop)."""
+        out: list[tuple[WalPosition, bytes]] = []
+        end = self._durable_end
+        for segment in self.segments():
+            if segment < cursor.segment or len(out) >= limit:
+                continue
+            path = self.segment_path(segment)
+            data = path.read_bytes()
+            limit_offset = end.offset if segment == end.segment else len(data)
+            start = cursor.offset if segment == cursor.segment else 0
+            last = start
+            for _, rec_end, payload in scan_records(data[:limit_offset], start):
+                out.append((WalPosition(segment, rec_end), payload))
+                last = rec_end
+                if len(out) >= limit:
+                    break
+            if len(out) < limit and last < limit_offset and segment != end.segment:
+                raise SpoolCorrupt(f"spool segment {path.name} is damaged at byte {last}")
+        return out, end
+
+    def release_before(self, cursor: WalPosition) -> None:
+        """Delete the segments wholly before ``cursor``: their records are in batch files."""
+        for segment in self.segments():
+            if segment < cursor.segment and segment != self._segment:
+                self.segment_path(segment).unlink(missing_ok=True)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        self._io.shutdown(wait=True)
