@@ -17,13 +17,13 @@ Invariants:
 2. The mapper consumes the log in order. Frames it appends to batch files carry the log
    position of their chunk; the batch files and dead letters are fsynced *before* the
    checkpoint moves past those chunks, and log segments wholly before the checkpoint are deleted.
-3. A batch is sealed only right after a checkpoint, so a sealed batch holds no frame at or past
-   the checkpoint. Its object key is fixed in its header when it is created.
+3. A batch is sealed only right after a checkpoint, so a sealed batch holds no frame past the
+   checkpoint. Its object key is fixed in its header when it is created.
 4. A sealed batch is deleted only after its object is stored; storing the same key again
    replaces the object, so a crash between the put and the delete leaves no duplicate.
 
 Recovery (``open``): cut a torn tail off the newest log segment; in every open batch cut a torn
-tail and every frame at or past the checkpoint (those chunks are mapped again from the log);
+tail and every frame past the checkpoint (those chunks are mapped again from the log);
 then the mapper resumes at the checkpoint and sealed batches are stored.
 """
 

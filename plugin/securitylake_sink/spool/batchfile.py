@@ -61,8 +61,9 @@ class BatchFile:
         return cls(path, header)
 
     @classmethod
-    def open(cls, path: Path, keep_before: WalPosition | None = None) -> BatchFile:
-        """Open an existing file; cut a torn tail, and frames at or after ``keep_before``."""
+    def open(cls, path: Path, checkpoint: WalPosition | None = None) -> BatchFile:
+        """Open an existing file; cut a torn tail, and the frames of chunks past ``checkpoint``
+        (those chunks are mapped again from the write-ahead log)."""
         data = path.read_bytes()
         records = scan_records(data)
         first = next(records, None)
@@ -72,7 +73,7 @@ class BatchFile:
         good, rows, size = first[1], 0, 0
         for _, end, payload in records:
             pos = WalPosition(*FRAME_POS.unpack_from(payload))
-            if keep_before is not None and pos >= keep_before:
+            if checkpoint is not None and pos > checkpoint:
                 break
             good, rows, size = end, rows + _frame_rows(payload), size + len(payload)
         if good < len(data):

@@ -79,6 +79,7 @@ class WriteAheadLog:
         self._segment = 0
         self._offset = 0  # the WAL thread's write position; may be ahead of what is durable
         self._durable_end = WalPosition(0, 0)
+        self._segment_sizes: dict[int, int] = {}  # final sizes of segments no longer written
         self._pending: list[tuple[bytes, Any, asyncio.Future[WalPosition]]] = []
         self._flusher: asyncio.Task[None] | None = None
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wal")
@@ -107,6 +108,7 @@ class WriteAheadLog:
                 with path.open("r+b") as f:
                     f.truncate(good)
                     os.fsync(f.fileno())
+            self._segment_sizes[last] = good
         self._segment = (segments[-1] + 1) if segments else 1
         self._open_segment()
         self._durable_end = WalPosition(self._segment, self._offset)
@@ -194,6 +196,7 @@ class WriteAheadLog:
             raise
         self.appended_bytes += self._offset - start_offset
         if self._offset >= self.segment_bytes:
+            self._segment_sizes[self._segment] = self._offset
             self._segment += 1
             self._open_segment()
         return spans
@@ -212,10 +215,13 @@ class WriteAheadLog:
             expected = end
         return out
 
-    @staticmethod
-    def _follows(cursor: WalPosition, start: WalPosition) -> bool:
-        """Whether a record starting at ``start`` is the next one after ``cursor``."""
-        return start == cursor or (start.offset == 0 and start.segment == cursor.segment + 1)
+    def _follows(self, cursor: WalPosition, start: WalPosition) -> bool:
+        """Whether a record starting at ``start`` is the next one after ``cursor``: the same
+        place, or the start of the next segment when ``cursor`` is at the end of its own."""
+        if start == cursor:
+            return True
+        return (start.offset == 0 and start.segment == cursor.segment + 1
+                and self._segment_sizes.get(cursor.segment) == cursor.offset)
 
     def read_from(self, cursor: WalPosition, limit: int) -> tuple[list[tuple[WalPosition, bytes]], WalPosition]:
         """Up to ``limit`` durable records from disk after ``cursor``, and the durable end that

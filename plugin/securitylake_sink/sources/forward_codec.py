@@ -1,0 +1,344 @@
+"""Forward protocol v1 decoding, no I/O: msgpack frames to ``Chunk`` values. The live server and
+spool recovery share it, so a spooled ``Chunk.raw`` decodes to the same entries."""
+
+from __future__ import annotations
+
+__all__ = [
+    "DEFAULT_MAX_DECOMPRESSED_BYTES",
+    "DEFAULT_MAX_FRAME_BYTES",
+    "KIND",
+    "MAX_ARRAY_LEN",
+    "MAX_MAP_LEN",
+    "MAX_READ_BYTES",
+    "FrameReader",
+    "decode_frame",
+    "decode_spooled",
+    "new_unpacker",
+]
+
+import math
+import struct
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any, Final, Protocol
+
+import msgpack
+import zstandard
+
+from securitylake_sink.errors import FrameTooLarge, ProtocolError
+from securitylake_sink.model import Chunk, Entry
+
+KIND: Final = "forward"
+
+# Fluent Bit chunks are about 2 MB and its in_forward caps frames at 6 MB (pipeline-protocols §6.5).
+DEFAULT_MAX_FRAME_BYTES: Final = 16 * 1024 * 1024
+# Fluentd in_forward allows 256 MiB after decompression; decoded records take several times
+# their packed size in memory, so a quarter of that.
+DEFAULT_MAX_DECOMPRESSED_BYTES: Final = 64 * 1024 * 1024
+# The largest read fed to a FrameReader at once: its unpacker may hold a frame plus this much.
+MAX_READ_BYTES: Final = 64 * 1024
+# msgpack allocates a container from its header before the items arrive, so cap the counts:
+# a 2 MB Fluent Bit chunk holds well under a million entries, a record far fewer keys.
+MAX_ARRAY_LEN: Final = 1_048_576
+MAX_MAP_LEN: Final = 65_536
+
+# Compressed input per decompression step. Deflate expands at most ~1032x and a zstd RLE block
+# ~32768x, so one step yields at most ~8 MiB before the size cap is checked.
+_GZIP_STEP: Final = 8 * 1024
+_ZSTD_STEP: Final = 256
+
+_NS_PER_SEC: Final = 1_000_000_000
+_MAX_SECONDS: Final = 0xFFFFFFFF  # EventTime seconds are uint32
+# Fluent Bit group start/end markers (§1.7): EventTime seconds -1/-2 as uint32, or plain ints.
+_GROUP_MARKER_SECONDS: Final = frozenset({0xFFFFFFFF, 0xFFFFFFFE, -1, -2})
+_EVENT_TIME_EXT: Final = 0
+_EVENT_TIME_LEN: Final = 8  # uint32 seconds, uint32 nanoseconds, big-endian
+_CODECS: Final = frozenset({"gzip", "zstd", "text"})
+_KNOWN_OPTIONS: Final = frozenset({"chunk", "size", "compressed", "fluent_signal", "metadata"})
+_LOGS_SIGNAL: Final = 0
+
+
+def new_unpacker(max_buffer_size: int) -> msgpack.Unpacker:
+    """The one msgpack configuration for Forward input (pipeline-protocols §7)."""
+    return msgpack.Unpacker(
+        raw=False,
+        unicode_errors="surrogateescape",  # Fluentd sends binary entries as str32
+        strict_map_key=False,
+        max_buffer_size=max(max_buffer_size, 1),  # 0 would mean 4 GiB
+        max_array_len=MAX_ARRAY_LEN,
+        max_map_len=MAX_MAP_LEN,
+    )
+
+
+def _unpack_error(exc: Exception) -> ProtocolError:
+    """Sort an exception raised while unpacking into too large (no resync) or invalid."""
+    if isinstance(exc, ValueError) and "exceeds max_" in str(exc):
+        return FrameTooLarge("str, bin, array or map over the cap")
+    # FormatError, StackError, TypeError (unhashable map key), MemoryError on a lying header.
+    return ProtocolError("frame is not valid msgpack")
+
+
+class FrameReader:
+    """Splits one connection's byte stream into top-level msgpack objects and their exact bytes.
+
+    Feed at most ``MAX_READ_BYTES`` at a time (or one whole frame into a fresh reader), then
+    drain ``frames()`` before feeding again. A partial frame waits for more bytes.
+    """
+
+    def __init__(self, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
+        self._max_frame_bytes = max_frame_bytes
+        self._unpacker = new_unpacker(max_frame_bytes + MAX_READ_BYTES)
+        self._pending = bytearray()  # bytes fed since the end of the last complete frame
+        self._offset = 0  # stream offset of _pending[0]
+
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes of a frame that has started but not ended."""
+        return len(self._pending)
+
+    def feed(self, data: bytes) -> None:
+        try:
+            self._unpacker.feed(data)
+        except msgpack.BufferFull as exc:
+            raise FrameTooLarge("frame over max_frame_bytes") from exc
+        self._pending += data
+
+    def frames(self) -> Iterator[tuple[object, bytes]]:
+        """Yield each complete object with the bytes it came in; raise ProtocolError on garbage."""
+        while True:
+            try:
+                obj = self._unpacker.unpack()
+            except msgpack.OutOfData:
+                break
+            except Exception as exc:  # any unpack failure is bad input
+                raise _unpack_error(exc) from exc
+            end = self._unpacker.tell()
+            size = end - self._offset
+            raw = bytes(self._pending[:size])
+            del self._pending[:size]
+            self._offset = end
+            if size > self._max_frame_bytes:
+                raise FrameTooLarge("frame over max_frame_bytes")
+            yield obj, raw
+        # msgpack drops the parsed part of a partial frame from its buffer, so count it here.
+        if len(self._pending) > self._max_frame_bytes:
+            raise FrameTooLarge("frame over max_frame_bytes")
+
+
+def decode_frame(
+    obj: object,
+    raw: bytes,
+    received_ns: int = 0,
+    *,
+    max_decompressed_bytes: int = DEFAULT_MAX_DECOMPRESSED_BYTES,
+) -> Chunk | None:
+    """Turn one unpacked top-level object into a Chunk; ``None`` for a ``nil`` keep-alive."""
+    if obj is None:
+        return None
+    if not isinstance(obj, list):
+        raise ProtocolError("frame is not an array")
+    if len(obj) < 2:
+        raise ProtocolError("frame has fewer than 2 items")
+    tag, second = obj[0], obj[1]
+    if not isinstance(tag, str):
+        raise ProtocolError("tag is not a str")
+    mode = _mode_of(second)
+    options_at = 3 if mode == "message" else 2
+    if len(obj) > options_at + 1:
+        raise ProtocolError("frame has too many items")
+    options = _options(obj[options_at] if len(obj) > options_at else {})
+    if isinstance(second, list):
+        entries = _entries(second)
+    elif isinstance(second, bytes | str):
+        packed = second if isinstance(second, bytes) else second.encode("utf-8", "surrogateescape")
+        payload = _decompress(packed, options.get("compressed", "text"), max_decompressed_bytes)
+        entries = _entries(_unpack_all(payload))
+    elif len(obj) < 3:
+        raise ProtocolError("message frame has no record")
+    else:
+        # Fluent Bit's Message mode carries the record's metadata in the options (§1.4).
+        entries = _entries([[second, obj[2]]], options.get("metadata"))
+    return Chunk(
+        kind=KIND,
+        tag=tag,
+        entries=entries,
+        raw=bytes(raw),
+        token=options.get("chunk"),
+        received_ns=received_ns,
+        meta=_meta(mode, options),
+    )
+
+
+def decode_spooled(raw: bytes, received_ns: int) -> Chunk:
+    """Decode a frame's bytes as stored from ``Chunk.raw``; same entries as the live path."""
+    reader = FrameReader(max(len(raw), 1))
+    reader.feed(raw)
+    frames = list(reader.frames())
+    if len(frames) != 1 or reader.pending_bytes:
+        raise ProtocolError("spooled bytes are not exactly one frame")
+    chunk = decode_frame(frames[0][0], raw, received_ns)
+    if chunk is None:
+        raise ProtocolError("spooled frame is a keep-alive")
+    return chunk
+
+
+def _mode_of(second: object) -> str:
+    """The event mode, told apart by the type of the frame's second element (§1.1)."""
+    if isinstance(second, list):
+        return "forward"
+    if isinstance(second, bytes | str):
+        return "packed_forward"
+    if isinstance(second, int | float | msgpack.ExtType | msgpack.Timestamp) and not isinstance(
+        second, bool
+    ):
+        return "message"
+    raise ProtocolError("unknown event mode")
+
+
+def _options(value: object) -> dict[Any, Any]:
+    if not isinstance(value, dict):
+        raise ProtocolError("options are not a map")
+    signal = value.get("fluent_signal", _LOGS_SIGNAL)
+    if isinstance(signal, bool) or signal != _LOGS_SIGNAL:
+        # Metrics and traces arrive as a CMetrics/CTraces blob, not log entries (§1.4).
+        raise ProtocolError("fluent_signal is not logs")
+    if "chunk" in value and not isinstance(value["chunk"], str):
+        raise ProtocolError("chunk option is not a str")
+    if "compressed" in value and value["compressed"] not in _CODECS:
+        raise ProtocolError("unknown compressed")
+    if "metadata" in value and not isinstance(value["metadata"], dict):
+        raise ProtocolError("metadata option is not a map")
+    return value
+
+
+def _meta(mode: str, options: Mapping[Any, Any]) -> dict[str, str]:
+    """Chunk.meta: the event mode, the codec, and Fluent Bit ``add_option`` str pairs."""
+    meta = {
+        f"option.{key}": value
+        for key, value in options.items()
+        if isinstance(key, str) and isinstance(value, str) and key not in _KNOWN_OPTIONS
+    }
+    codec = options.get("compressed")
+    if codec is not None:
+        meta["compressed"] = codec
+        if mode == "packed_forward" and codec != "text":
+            mode = "compressed_packed_forward"
+    meta["mode"] = mode
+    return meta
+
+
+def _entries(
+    items: Iterable[object], metadata: Mapping[Any, Any] | None = None
+) -> tuple[Entry, ...]:
+    """Decode ``[time, record]`` / ``[[time, metadata], record]`` items, skipping group markers."""
+    entries: list[Entry] = []
+    for item in items:
+        if not isinstance(item, list) or len(item) != 2:
+            raise ProtocolError("entry is not [time, record]")
+        when, record = item
+        entry_metadata = metadata
+        if isinstance(when, list):
+            if len(when) != 2:
+                raise ProtocolError("entry time is not [time, metadata]")
+            when, entry_metadata = when
+            if not isinstance(entry_metadata, dict):
+                raise ProtocolError("entry metadata is not a map")
+        seconds, nanos = _split_time(when)
+        if seconds in _GROUP_MARKER_SECONDS:
+            continue
+        if not 0 <= seconds <= _MAX_SECONDS or not 0 <= nanos < _NS_PER_SEC:
+            raise ProtocolError("bad time")
+        if not isinstance(record, dict):
+            raise ProtocolError("record is not a map")
+        # Fluentd takes a time whose whole seconds are 0 as "now": unknown, not 1970 (§1.3).
+        time_ns = None if seconds == 0 else seconds * _NS_PER_SEC + nanos
+        # Fluent Bit's usual {} becomes None, as in Message mode where it omits empty metadata.
+        entries.append(Entry(time_ns, record, entry_metadata or None))
+    return tuple(entries)
+
+
+def _split_time(value: object) -> tuple[int, int]:
+    """(seconds, nanoseconds) of an int, a float or an EventTime (ext type 0, §1.3)."""
+    if isinstance(value, bool):
+        raise ProtocolError("bad time")
+    if isinstance(value, int):
+        return value, 0
+    if isinstance(value, float):
+        if not math.isfinite(value) or value < 0:
+            raise ProtocolError("bad time")
+        whole = math.floor(value)
+        # value - whole is exact in binary floating point; only the scaling rounds.
+        return divmod(whole * _NS_PER_SEC + round((value - whole) * _NS_PER_SEC), _NS_PER_SEC)
+    if not isinstance(value, msgpack.ExtType) or value.code != _EVENT_TIME_EXT:
+        raise ProtocolError("bad time")  # msgpack's own Timestamp (ext -1) is not a Fluent time
+    if len(value.data) != _EVENT_TIME_LEN:
+        raise ProtocolError("bad time")
+    seconds, nanos = struct.unpack(">II", value.data)
+    return int(seconds), int(nanos)
+
+
+def _unpack_all(payload: bytes) -> list[object]:
+    """The concatenated Entry objects of a PackedForward payload (not wrapped in an array)."""
+    unpacker = new_unpacker(len(payload))
+    unpacker.feed(payload)
+    items: list[object] = []
+    end = 0  # tell() also counts a trailing partial entry, so note where whole ones end
+    try:
+        for item in unpacker:
+            items.append(item)
+            end = unpacker.tell()
+    except Exception as exc:  # any unpack failure is bad input
+        raise ProtocolError("packed entries are not valid msgpack") from exc
+    if end != len(payload):
+        raise ProtocolError("packed entries end mid-entry")
+    return items
+
+
+class _Decompressor(Protocol):
+    @property
+    def eof(self) -> bool: ...
+
+    @property
+    def unused_data(self) -> bytes: ...
+
+    def decompress(self, data: bytes, /) -> bytes: ...
+
+
+def _decompress(payload: bytes, codec: str, max_bytes: int) -> bytes:
+    if codec == "gzip":
+        return _decompress_members(payload, _new_gzip, _GZIP_STEP, max_bytes)
+    if codec == "zstd":
+        return _decompress_members(payload, _new_zstd, _ZSTD_STEP, max_bytes)
+    return payload  # "text": not compressed
+
+
+def _new_gzip() -> _Decompressor:
+    return zlib.decompressobj(wbits=31)
+
+
+def _new_zstd() -> _Decompressor:
+    decompressor: _Decompressor = zstandard.ZstdDecompressor().decompressobj()
+    return decompressor
+
+
+def _decompress_members(
+    payload: bytes, new: Callable[[], _Decompressor], step: int, max_bytes: int
+) -> bytes:
+    """Decompress concatenated gzip members or zstd frames in bounded steps, up to max_bytes."""
+    out = bytearray()
+    pos = 0
+    try:
+        while pos < len(payload):  # one member or frame per pass
+            decompressor = new()
+            while not decompressor.eof:
+                if pos >= len(payload):
+                    raise ProtocolError("compressed payload is truncated")
+                piece = payload[pos : pos + step]
+                pos += len(piece)
+                out += decompressor.decompress(piece)
+                if len(out) > max_bytes:
+                    raise ProtocolError("decompressed size over the cap")
+            pos -= len(decompressor.unused_data)
+    except (zlib.error, zstandard.ZstdError) as exc:
+        raise ProtocolError("compressed payload is not valid") from exc
+    return bytes(out)
