@@ -1,0 +1,94 @@
+"""Object keys, UUIDv7 names and the Parquet encoder's conventions."""
+
+from __future__ import annotations
+
+import io
+import time
+from datetime import UTC, datetime
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from securitylake_sink.encode.parquet import encode_parquet
+from securitylake_sink.lake.layout import event_day, object_key, uuid7
+from securitylake_sink.ocsf.schema import load_schema
+
+
+def _hour(text: str) -> int:
+    return int(datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp()) // 3600
+
+
+@pytest.mark.parametrize(
+    ("prefix", "location", "region", "account", "hour", "expected"),
+    [
+        (
+            "",
+            "ext/sshd/",
+            "us-east-1",
+            "123456789012",
+            _hour("2026-11-28T23:00"),
+            "ext/sshd/region=us-east-1/accountId=123456789012/eventDay=20261128/N.parquet",
+        ),
+        (
+            "lake/",
+            "ext/src/1.0/",
+            "eu-west-1",
+            "external",
+            _hour("2026-01-01T00:00"),
+            "lake/ext/src/1.0/region=eu-west-1/accountId=external/eventDay=20260101/N.parquet",
+        ),
+        (
+            "",
+            "ext/a/",
+            "cn-north-1",
+            "external_acme",
+            _hour("2024-02-29T12:00"),
+            "ext/a/region=cn-north-1/accountId=external_acme/eventDay=20240229/N.parquet",
+        ),
+    ],
+    ids=["plain", "prefix-and-version", "leap-day"],
+)
+def test_object_key_follows_the_security_lake_layout(  # noqa: PLR0917
+    prefix: str, location: str, region: str, account: str, hour: int, expected: str
+) -> None:
+    assert object_key(prefix, location, region=region, account_id=account, hour=hour, name="N") == expected
+
+
+def test_event_day_is_utc() -> None:
+    # 2026-11-28 23:30 UTC is already the 29th in Tokyo and still the 28th in UTC
+    assert event_day(_hour("2026-11-28T23:30")) == "20261128"
+
+
+def test_uuid7_has_version_variant_and_sorts_by_time() -> None:
+    first = uuid7(1_700_000_000_000)
+    later = uuid7(1_700_000_000_001)
+    assert first.version == 7
+    assert first.variant == "specified in RFC 4122"
+    assert str(first) < str(later)
+    assert int(first.hex[:12], 16) == 1_700_000_000_000
+    now = uuid7()
+    assert abs(int(now.hex[:12], 16) - time.time_ns() // 1_000_000) < 5_000
+    assert len({uuid7(5).hex for _ in range(1000)}) == 1000
+
+
+def test_parquet_rows_sorted_by_time_with_zstd_and_small_pages() -> None:
+    # GIVEN an authentication table in the fixed class schema, out of time order
+    schema = load_schema().arrow_schema(3002)
+    times = [1_700_000_003_000, 1_700_000_001_000, 1_700_000_002_000]
+    table = pa.Table.from_pylist(
+        [{"class_uid": 3002, "time": t, "user": {"name": f"u{t}"}} for t in times], schema=schema
+    )
+    # WHEN encoded
+    data = encode_parquet(table)
+    # THEN it reads back sorted, with the same schema, zstd-compressed
+    parquet = pq.ParquetFile(io.BytesIO(data))
+    back = parquet.read()
+    assert back.column("time").to_pylist() == sorted(times)
+    assert [u["name"] for u in back.column("user").to_pylist()] == [f"u{t}" for t in sorted(times)]
+    assert back.schema.equals(schema, check_metadata=False)
+    meta = parquet.metadata
+    for i in range(meta.row_group(0).num_columns):
+        column = meta.row_group(0).column(i)
+        assert column.compression == "ZSTD"
+    assert back.schema.metadata[b"ocsf.class_uid"] == b"3002"
