@@ -19,6 +19,7 @@ __all__ = [
 ]
 
 import difflib
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -54,16 +55,31 @@ DEFAULT_OCSF_VERSION = "1.1.0"
 DEFAULT_ROLE_NAME_PREFIX = "SynqlyAccess"
 # STS AssumeRole: 900 s up to the role's maximum session, never above 12 hours.
 MIN_DURATION_SECS, MAX_DURATION_SECS, DEFAULT_DURATION_SECS = 900, 43_200, 3600
-ACCOUNT_ID = re.compile(r"^(\d{12}|external|external_[A-Za-z0-9_-]{1,64})$")
-LOCATION = re.compile(r"^ext/[A-Za-z0-9][A-Za-z0-9_.-]{0,63}/(?:[A-Za-z0-9][A-Za-z0-9_.-]{0,31}/)?$")
+ACCOUNT_ID = re.compile(r"^([0-9]{12}|external|external_[A-Za-z0-9_-]{1,64})\Z")
+LOCATION = re.compile(r"^ext/[A-Za-z0-9][A-Za-z0-9_.-]{0,63}/(?:[A-Za-z0-9][A-Za-z0-9_.-]{0,31}/)?\Z")
 ROLE_ARN = re.compile(
-    r"^arn:(?P<partition>aws|aws-cn|aws-us-gov):iam::(?P<account>\d{12}):role/"
-    r"(?P<path>(?:[\x21-\x7e]+/)*)(?P<name>[\w+=,.@-]{1,64})$"
+    r"^arn:(?P<partition>aws|aws-cn|aws-us-gov):iam::(?P<account>[0-9]{12}):role/"
+    r"(?P<path>(?:[\x21-\x7e]+/)*)(?P<name>[A-Za-z0-9_+=,.@-]{1,64})\Z"
 )
-EXTERNAL_ID = re.compile(r"^[A-Za-z0-9+=,.@:/-]{2,1224}$")
-SESSION_NAME = re.compile(r"^[\w+=,.@-]{2,64}$")
+# The integration's contract (not STS's wider \w set): A-Z a-z 0-9 + = , . @ : / -
+EXTERNAL_ID = re.compile(r"^[A-Za-z0-9+=,.@:/-]{2,1224}\Z")
+SESSION_NAME = re.compile(r"^[A-Za-z0-9_+=,.@-]{2,64}\Z")
+# KMS key id forms (KMS API reference, "KeyId"): key id, mrk- id, alias/<name>, key or alias ARN.
+KMS_KEY = re.compile(
+    r"^(?:arn:aws(?:-cn|-us-gov)?:kms:[a-z0-9-]+:\d{12}:(?:key/[A-Za-z0-9-]{1,64}|alias/[\w/+=,.@-]{1,250})"
+    r"|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|mrk-[0-9a-f]{32}|alias/[\w/+=,.@-]{1,250})\Z"
+)
+UNION_TAGS = {"int", "str", "float", "bool", "none"}  # pydantic's names for the members of a union
 ENV_REF = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 MASK = "********"
+
+
+class _RulesBroken(ValueError):
+    """Raised inside a model validator so pydantic reports it beside every other error."""
+
+    def __init__(self, issues: list[ConfigIssue]) -> None:
+        super().__init__("; ".join(str(i) for i in issues))
+        self.issues = issues
 
 
 class _Model(BaseModel):
@@ -93,7 +109,18 @@ class DestinationConfig(_Model):
     region: str | None = None
     endpoint: str | None = None
     account_id: str = "external"
-    sources: tuple[SourceLocation, ...] = Field(min_length=1)
+    sources: tuple[SourceLocation, ...]
+    sse_kms_key_id: str | None = None  # S3: SSE-KMS with this key; default: the bucket's encryption
+
+    @field_validator("sse_kms_key_id")
+    @classmethod
+    def _kms_key(cls, value: str | None) -> str | None:
+        if value is not None and not KMS_KEY.match(value):
+            raise ValueError(
+                "must be a KMS key id, mrk- id, alias/<name>, or a key or alias ARN "
+                "(arn:aws:kms:<region>:<account>:key/<id>)"
+            )
+        return value
 
     @field_validator("account_id")
     @classmethod
@@ -105,10 +132,13 @@ class DestinationConfig(_Model):
     @field_validator("sources")
     @classmethod
     def _unique(cls, value: tuple[SourceLocation, ...]) -> tuple[SourceLocation, ...]:
+        if not value:
+            raise ValueError("must list at least one {class_uid, location} entry")
         seen: set[int | str] = set()
-        for source in value:
+        for i, source in enumerate(value):
             if source.class_uid in seen:
-                raise ValueError(f"class_uid {source.class_uid} is listed twice")
+                option = f"destination.sources[{i}].class_uid"
+                raise _RulesBroken([ConfigIssue(option, f"class_uid {source.class_uid} is listed twice")])
             seen.add(source.class_uid)
         return value
 
@@ -193,7 +223,7 @@ class AuthConfig(_Model):
                 ConfigIssue("auth.session_token", "only applies with auth.access_key_id and auth.secret_access_key")
             )
         if issues:
-            raise ConfigError(issues)
+            raise _RulesBroken(issues)
         return self
 
     @property
@@ -275,16 +305,28 @@ def split_address(value: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ValueError(f"must be host:port with a port from 0 to 65535, got {value!r}")
-    return host.strip("[]") or "0.0.0.0", int(port)
+    if host.startswith("[") or host.endswith("]") or ":" in host:
+        try:
+            if not (host.startswith("[") and host.endswith("]")):
+                raise ValueError(host)
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            raise ValueError(f"must be host:port, with an IPv6 host in brackets ([::]:24224), got {value!r}") from None
+        host = host[1:-1]
+    return host or "0.0.0.0", int(port)
 
 
-def interpolate(value: Any, path: str = "", env: Mapping[str, str] | None = None) -> Any:
-    """Replace ``${VAR}`` and ``${VAR:-default}`` in every string scalar; ``$$`` is a literal ``$``."""
+def interpolate(
+    value: Any, path: str = "", env: Mapping[str, str] | None = None, issues: list[ConfigIssue] | None = None
+) -> Any:
+    """Replace ``${VAR}`` and ``${VAR:-default}`` (default also when VAR is empty, as in a shell) in
+    every string scalar; ``$$`` is a literal ``$``. Unset variables are added to ``issues``
+    (or raised at once when no list is given)."""
     env = os.environ if env is None else env
     if isinstance(value, dict):
-        return {k: interpolate(v, f"{path}.{k}" if path else str(k), env) for k, v in value.items()}
+        return {k: interpolate(v, f"{path}.{k}" if path else str(k), env, issues) for k, v in value.items()}
     if isinstance(value, list):
-        return [interpolate(v, f"{path}[{i}]", env) for i, v in enumerate(value)]
+        return [interpolate(v, f"{path}[{i}]", env, issues) for i, v in enumerate(value)]
     if not isinstance(value, str) or "$" not in value:
         return value
 
@@ -292,11 +334,15 @@ def interpolate(value: Any, path: str = "", env: Mapping[str, str] | None = None
         if match.group(0) == "$$":
             return "$"
         name, default = match.group(1), match.group(2)
+        if default is not None and not env.get(name):
+            return default
         if name in env:
             return env[name]
-        if default is not None:
-            return default
-        raise ConfigError(f"environment variable {name} is not set (write ${{{name}:-default}} for a default)", path)
+        issue = ConfigIssue(path, f"environment variable {name} is not set (write ${{{name}:-default}} for a default)")
+        if issues is None:
+            raise ConfigError(issue)
+        issues.append(issue)
+        return ""
 
     return ENV_REF.sub(substitute, value)
 
@@ -305,28 +351,41 @@ def _issues(error: ValidationError, data: Any) -> list[ConfigIssue]:
     issues: list[ConfigIssue] = []
     for err in error.errors():
         loc = [
-            p for p in err["loc"] if not (isinstance(p, str) and p.startswith(("function-", "literal[", "int", "str")))
+            p
+            for p in err["loc"]
+            if not (isinstance(p, str) and (p in UNION_TAGS or p.startswith(("function-", "literal["))))
         ]
         option = ""
         for part in loc:
             option += f"[{part}]" if isinstance(part, int) else (f".{part}" if option else str(part))
         ctx_error = (err.get("ctx") or {}).get("error")
-        if isinstance(ctx_error, ConfigError):
+        if isinstance(ctx_error, _RulesBroken | ConfigError):
             issues.extend(ctx_error.issues)
             continue
         if err["type"] == "extra_forbidden":
             issues.append(ConfigIssue(option, "is not a known option" + _suggest(option, data)))
             continue
-        message = str(ctx_error) if ctx_error is not None else err["msg"].removeprefix("Value error, ")
-        if (
-            err["type"] != "value_error"
-            and "secret" not in option
-            and "external_id" not in option
-            and "token" not in option
-        ):
-            message += f", got {err['input']!r}" if not isinstance(err["input"], dict) else ""
+        message = str(ctx_error) if ctx_error is not None else _rule_text(err["msg"])
+        given = err["input"]
+        if err["type"] != "value_error" and not option.startswith("auth") and isinstance(given, int | float | str):
+            message += f", got {given!r}"
+        if err["type"] == "string_type" and isinstance(given, int | float):
+            message += " (quote it: YAML reads bare digits as a number)"
         issues.append(ConfigIssue(option, message))
     return issues
+
+
+def _rule_text(message: str) -> str:
+    """pydantic's wording → ours: 'Input should be at most 5' → 'must be at most 5'."""
+    message = message.removeprefix("Value error, ")
+    if message == "Field required":
+        return "is required"
+    for prefix in ("Input should be ", "Value should be "):
+        if message.startswith(prefix):
+            return "must be " + message.removeprefix(prefix).replace("less than or equal to", "at most").replace(
+                "greater than or equal to", "at least"
+            )
+    return message
 
 
 def _suggest(option: str, data: Any) -> str:
@@ -357,15 +416,40 @@ def parse_config(text: str, *, env: Mapping[str, str] | None = None, origin: str
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{origin} must be a mapping of option groups, got {type(data).__name__}")
-    data = interpolate(data, env=env)
+    issues: list[ConfigIssue] = []
+    data = interpolate(data, env=env, issues=issues)
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_issues(exc, data)) from None
+        raise ConfigError(issues + _issues(exc, data) + _cross_issues(data)) from None
+    if issues:
+        raise ConfigError(issues)
     from securitylake_sink.plan import check  # noqa: PLC0415 (plan imports this module)
 
     check(config)
     return config
+
+
+def _cross_issues(data: dict[str, Any]) -> list[ConfigIssue]:
+    """The cross-option rules, checked on the raw data when other options already failed."""
+    from securitylake_sink.ocsf.schema import bundled_versions  # noqa: PLC0415
+    from securitylake_sink.plan import cross_issues  # noqa: PLC0415
+
+    def text(group: Any, key: str) -> str | None:
+        value = group.get(key) if isinstance(group, dict) else None
+        return value if isinstance(value, str) else None
+
+    dest = data.get("destination")
+    version = text(data.get("ocsf"), "version") or DEFAULT_OCSF_VERSION
+    sources = dest.get("sources") if isinstance(dest, dict) else None
+    uids = [(i, s.get("class_uid")) for i, s in enumerate(sources or []) if isinstance(s, dict)]
+    return cross_issues(
+        text(dest, "url"),
+        text(dest, "region"),
+        text(dest, "endpoint"),
+        version if version in bundled_versions() else DEFAULT_OCSF_VERSION,
+        uids if isinstance(sources, list) else [],
+    )
 
 
 def load_config(path: str | Path, *, env: Mapping[str, str] | None = None) -> Config:
@@ -374,4 +458,6 @@ def load_config(path: str | Path, *, env: Mapping[str, str] | None = None) -> Co
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {exc.start})") from None
     return parse_config(text, env=env, origin=str(path))

@@ -5,7 +5,7 @@ Nothing here does network I/O; secrets are masked before anything leaves this mo
 
 from __future__ import annotations
 
-__all__ = ["check", "destination_of", "resolve_plan", "warnings_for"]
+__all__ = ["check", "cross_issues", "destination_of", "resolve_plan", "warnings_for"]
 
 from typing import Any
 
@@ -23,26 +23,37 @@ def destination_of(config: Config) -> Destination:
     return parse_destination(dest.url, region=dest.region, endpoint=dest.endpoint)
 
 
-def check(config: Config) -> None:
-    """Raise ConfigError for every cross-option rule the config breaks."""
+def cross_issues(
+    url: str | None, region: str | None, endpoint: str | None, version: str, class_uids: list[tuple[int, Any]]
+) -> list[ConfigIssue]:
+    """The rules that span options: the destination URL with its region and endpoint, and each
+    ``(index, class_uid)`` of ``destination.sources`` against the OCSF version."""
     issues: list[ConfigIssue] = []
-    try:
-        destination_of(config)
-    except ConfigError as exc:
-        issues.extend(exc.issues)
-    schema = load_schema(config.ocsf.version)
-    for i, source in enumerate(config.destination.sources):
-        if source.class_uid == "*":
+    if url is not None:
+        try:
+            parse_destination(url, region=region, endpoint=endpoint)
+        except ConfigError as exc:
+            issues.extend(exc.issues)
+    schema = load_schema(version)
+    for i, class_uid in class_uids:
+        if class_uid == "*" or isinstance(class_uid, bool) or not isinstance(class_uid, int):
             continue
         try:
-            schema.class_info(source.class_uid)
+            schema.class_info(class_uid)
         except SchemaError:
             issues.append(
                 ConfigIssue(
-                    f"destination.sources[{i}].class_uid",
-                    f"OCSF {schema.version} has no event class {source.class_uid}",
+                    f"destination.sources[{i}].class_uid", f"OCSF {schema.version} has no event class {class_uid}"
                 )
             )
+    return issues
+
+
+def check(config: Config) -> None:
+    """Raise ConfigError for every cross-option rule the config breaks."""
+    dest = config.destination
+    uids = [(i, s.class_uid) for i, s in enumerate(dest.sources)]
+    issues = cross_issues(dest.url, dest.region, dest.endpoint, config.ocsf.version, uids)
     if issues:
         raise ConfigError(issues)
 
