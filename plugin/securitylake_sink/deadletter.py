@@ -1,7 +1,9 @@
 """Dead letters: records that could not be mapped, kept as ndjson with their tag, rule and reason.
 
 Lines are appended to ``<dir>/<YYYYMMDD>.ndjson`` and made durable by ``sync`` before the spool
-moves past the chunk they came from, so a dead letter is never lost and never written twice.
+moves past the chunk they came from. Each line carries the spool position of that chunk, so on
+recovery the lines past the checkpoint are cut (those chunks are mapped again): a dead letter is
+never lost and never written twice.
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from securitylake_sink.mapping.basic import DeadLetter
+from securitylake_sink.spool.wal import WalPosition
+
+START = WalPosition(0, 0)
 
 
 def _json_safe(value: Any) -> Any:
@@ -43,7 +48,28 @@ class DeadLetterWriter:
         self._day = ""
         self.count = 0
 
-    def write(self, letters: Iterable[DeadLetter]) -> None:
+    def recover(self, checkpoint: WalPosition) -> None:
+        """Cut the lines of chunks past ``checkpoint`` from the newest files (after a crash)."""
+        if not self.dir.is_dir():
+            return
+        for path in sorted(self.dir.glob("*.ndjson"))[-2:]:
+            keep = 0
+            with path.open("rb") as f:
+                for line in f:
+                    try:
+                        position = WalPosition(*json.loads(line)["spool_position"])
+                    except (ValueError, KeyError, TypeError):
+                        break  # a torn last line, or a line written by hand: stop here
+                    if position > checkpoint:
+                        break
+                    keep += len(line)
+            if keep < path.stat().st_size:
+                with path.open("r+b") as f:
+                    f.truncate(keep)
+                    os.fsync(f.fileno())
+
+    def write(self, letters: Iterable[DeadLetter], position: WalPosition = START) -> None:
+        """Append ``letters`` that came from chunks ending at spool ``position``; not yet durable."""
         now = time.time()
         day = datetime.fromtimestamp(now, tz=UTC).strftime("%Y%m%d")
         for letter in letters:
@@ -58,6 +84,7 @@ class DeadLetterWriter:
                 "rule": letter.rule,
                 "reason": letter.reason,
                 "event_time_ns": letter.time_ns,
+                "spool_position": [position.segment, position.offset],
                 "record": _json_safe(letter.record),
             }
             self._file.write(json.dumps(line, ensure_ascii=False) + "\n")

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from securitylake_sink.errors import SpoolCorrupt, SpoolError
 
@@ -75,7 +75,8 @@ class WriteAheadLog:
     def __init__(self, directory: Path, *, segment_bytes: int = SEGMENT_BYTES) -> None:
         self.dir = directory
         self.segment_bytes = segment_bytes
-        self._file: BinaryIO | None = None
+        self._fd: int | None = None  # unbuffered: nothing of a failed write lingers in a buffer
+        self._cut_pending = False  # a failed group's bytes could not be cut off yet
         self._segment = 0
         self._offset = 0  # the WAL thread's write position; may be ahead of what is durable
         self._durable_end = WalPosition(0, 0)
@@ -120,10 +121,10 @@ class WriteAheadLog:
         return self.dir / f"{segment:020d}.wal"
 
     def _open_segment(self) -> None:
-        if self._file is not None:
-            self._file.close()
-        self._file = self.segment_path(self._segment).open("ab")
-        self._offset = self._file.tell()
+        if self._fd is not None:
+            os.close(self._fd)
+        self._fd = os.open(self.segment_path(self._segment), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._offset = os.fstat(self._fd).st_size
         fsync_dir(self.dir)
 
     @property
@@ -174,26 +175,32 @@ class WriteAheadLog:
 
     def _write_group(self, payloads: list[bytes]) -> list[tuple[WalPosition, WalPosition]]:
         """Runs on the WAL thread: write, fsync, rotate. On error, cut back to the old end."""
-        assert self._file is not None
-        start_offset = self._offset
+        assert self._fd is not None
+        start_offset = offset = self._offset
         spans = []
+        records = []
+        for payload in payloads:
+            record = encode_record(payload)
+            records.append(record)
+            spans.append((WalPosition(self._segment, offset), WalPosition(self._segment, offset + len(record))))
+            offset += len(record)
+        data = memoryview(b"".join(records))
         try:
-            for payload in payloads:
-                record = encode_record(payload)
-                start = WalPosition(self._segment, self._offset)
-                self._file.write(record)
-                self._offset += len(record)
-                spans.append((start, WalPosition(self._segment, self._offset)))
-            self._file.flush()
-            os.fsync(self._file.fileno())
+            if self._cut_pending:  # never append behind bytes of a group that was not acked
+                os.ftruncate(self._fd, start_offset)
+                self._cut_pending = False
+            written = 0
+            while written < len(data):
+                written += os.write(self._fd, data[written:])
+            os.fsync(self._fd)
         except OSError:
-            self._offset = start_offset
             try:  # leave no half-written record behind the durable ones
-                self._file.truncate(start_offset)
-                self._file.seek(start_offset)
+                os.ftruncate(self._fd, start_offset)
             except OSError:
-                log.exception("cannot cut back the write-ahead log after a failed write")
+                self._cut_pending = True
+                log.exception("cannot cut back the write-ahead log after a failed write; will retry")
             raise
+        self._offset = offset
         self.appended_bytes += self._offset - start_offset
         if self._offset >= self.segment_bytes:
             self._segment_sizes[self._segment] = self._offset
@@ -229,6 +236,8 @@ class WriteAheadLog:
         out: list[tuple[WalPosition, bytes]] = []
         end = self._durable_end
         for segment in self.segments():
+            if segment > end.segment:
+                break  # written, maybe not yet durable: never hand it out before its fsync
             if segment < cursor.segment or len(out) >= limit:
                 continue
             path = self.segment_path(segment)
@@ -252,7 +261,7 @@ class WriteAheadLog:
                 self.segment_path(segment).unlink(missing_ok=True)
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
         self._io.shutdown(wait=True)
