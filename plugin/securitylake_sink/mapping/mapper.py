@@ -1,0 +1,152 @@
+"""The mapping stage: chunks in, per (source location, class) an Arrow record batch in the class
+schema out, plus dead letters and drop counts. Records of one tag are mapped together."""
+
+from __future__ import annotations
+
+__all__ = ["MapResult", "MappedBatch", "Mapper"]
+
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+
+from securitylake_sink.mapping.basic import DeadLetter
+from securitylake_sink.mapping.compiler import CompiledRule
+from securitylake_sink.mapping.engine import ClassRows
+from securitylake_sink.mapping.evaluate import PythonFunction
+from securitylake_sink.mapping.route import FALLBACKS, OCSF, Binding, Routing, TagOutcome, compile_named, route
+from securitylake_sink.model import Chunk
+from securitylake_sink.ocsf.schema import OcsfSchema
+
+log = logging.getLogger("securitylake_sink.mapping")
+
+
+@dataclass(frozen=True)
+class MappedBatch:
+    """Events of one class bound for one source location, in the class's Arrow schema."""
+
+    location: str
+    class_uid: int
+    batch: pa.RecordBatch
+
+
+@dataclass(frozen=True)
+class MapResult:
+    batches: tuple[MappedBatch, ...]
+    dead: tuple[DeadLetter, ...]
+    dropped: Mapping[str, int] = field(default_factory=dict)  # tag → records dropped
+    records: int = 0
+
+    @property
+    def mapped(self) -> int:
+        return sum(b.batch.num_rows for b in self.batches)
+
+
+def _ref_ms(entry_time_ns: int | None, received_ns: int) -> int:
+    return (entry_time_ns if entry_time_ns is not None else received_ns or time.time_ns()) // 1_000_000
+
+
+class Mapper:
+    """Maps chunks per the config's ``mappings`` (in order), then OCSF pass-through, then the fallback."""
+
+    def __init__(
+        self,
+        schema: OcsfSchema,
+        bindings: Sequence[tuple[str | Sequence[str] | None, str]] = (),
+        fallback: str = "dead_letter",
+        *,
+        functions: Mapping[str, PythonFunction] | None = None,
+    ) -> None:
+        if fallback not in FALLBACKS:
+            raise ValueError(f"mappings_fallback must be one of {', '.join(FALLBACKS)}, got {fallback!r}")
+        self.schema = schema
+        self.fallback = fallback
+        compiled: dict[str, CompiledRule] = {}
+
+        def rule(name: str) -> CompiledRule:
+            if name not in compiled:
+                compiled[name] = compile_named(name, schema, functions)
+            return compiled[name]
+
+        out = []
+        for match, name in bindings:
+            target = None if name == OCSF else rule(name)
+            globs = (match,) if isinstance(match, str) else tuple(match or (target.tags if target else ()))
+            out.append(Binding(globs or ("*",), target))
+        self.bindings = tuple(out)
+        self.base_event = rule("base_event") if fallback == "base_event" else None
+        self.routing = Routing(self.bindings, schema, fallback, self.base_event)
+        self._drop_logged: set[str] = set()
+
+    def map_records(self, tag: str, records: Sequence[Mapping[str, Any]], ref_ms: Sequence[int]) -> TagOutcome:
+        """Map the records of one tag; ``ref_ms`` is each record's transport time (epoch ms)."""
+        try:
+            return route(tag, records, ref_ms, self.routing)
+        except Exception:  # a record that trips a rule must not stop the pipeline (invariant 6)
+            log.exception("mapping a batch failed; mapping its records one by one", extra={"tag": tag})
+            return self._one_by_one(tag, records, ref_ms)
+
+    def _one_by_one(self, tag: str, records: Sequence[Mapping[str, Any]], ref_ms: Sequence[int]) -> TagOutcome:
+        out = TagOutcome()
+        for i, (record, ms) in enumerate(zip(records, ref_ms, strict=True)):
+            try:
+                one = route(tag, [record], [ms], self.routing)
+            except Exception as exc:  # the reason goes to the dead letter
+                out.failed[i] = ("", f"mapping: internal error on this record: {exc!r:.200}")
+                continue
+            index = pa.array([i], pa.int64())
+            out.mapped.extend((rule, ClassRows(rows.class_uid, rows.batch, index)) for rule, rows in one.mapped)
+            for why in one.failed.values():
+                out.failed[i] = why
+            out.dropped.extend(i for _ in one.dropped)
+        return out
+
+    def map_chunks(self, chunks: Iterable[Chunk], locate: Callable[[int], str | None]) -> MapResult:
+        """Map every entry; ``locate`` gives a class's source location (None: not configured)."""
+        groups: dict[str, tuple[list[Mapping[str, Any]], list[int], list[int | None]]] = defaultdict(
+            lambda: ([], [], [])
+        )
+        count = 0
+        for chunk in chunks:
+            records, times, stamps = groups[chunk.tag]
+            for entry in chunk.entries:
+                records.append(entry.record)
+                times.append(_ref_ms(entry.time_ns, chunk.received_ns))
+                stamps.append(entry.time_ns)
+                count += 1
+        parts: dict[tuple[str, int], list[pa.RecordBatch]] = defaultdict(list)
+        dead: list[DeadLetter] = []
+        dropped: dict[str, int] = {}
+        for tag, (records, times, stamps) in groups.items():
+            outcome = self.map_records(tag, records, times)
+            for rule, rows in outcome.mapped:
+                location = locate(rows.class_uid)
+                if location is None:
+                    reason = f"class_uid: no destination.sources location is configured for class {rows.class_uid}"
+                    dead.extend(DeadLetter(tag, rule, reason, records[i], stamps[i]) for i in rows.rows.to_pylist())
+                    continue
+                parts[(location, rows.class_uid)].append(rows.batch)
+            for row, (rule, reason) in sorted(outcome.failed.items()):
+                dead.append(DeadLetter(tag, rule, reason, records[row], stamps[row]))
+            if outcome.dropped:
+                dropped[tag] = len(outcome.dropped)
+                self._log_drop(tag)
+        # Pieces stay apart: each is sorted by time, and concatenating wide schemas copies a lot.
+        batches = tuple(
+            MappedBatch(location, class_uid, piece)
+            for (location, class_uid), pieces in parts.items()
+            for piece in pieces
+        )
+        return MapResult(batches, tuple(dead), dropped, count)
+
+    def _log_drop(self, tag: str) -> None:
+        if tag not in self._drop_logged:
+            self._drop_logged.add(tag)
+            log.warning(
+                "records no mapping rule takes are dropped (mappings_fallback: drop); logged once per tag",
+                extra={"tag": tag},
+            )

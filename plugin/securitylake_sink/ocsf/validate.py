@@ -1,0 +1,189 @@
+"""Columnar validation of OCSF event batches against the bundled schema: required attributes (also
+inside present objects), enum ids, and class/category/type/names/metadata.version consistent; each
+failing row gets its first reason. At-least-one constraints are not enforced (AWS's tool skips them)."""
+
+from __future__ import annotations
+
+__all__ = ["Verdict", "attribute_at", "object_attributes", "validate"]
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from securitylake_sink.ocsf.schema import OcsfSchema
+
+Attrs = Mapping[str, Mapping[str, Any]]
+ROW = pa.int64()
+
+
+def object_attributes(schema: OcsfSchema, name: str) -> Attrs:
+    """The resolved attributes of OCSF object ``name`` ({} when the version lacks it)."""
+    objects: Mapping[str, Mapping[str, Any]] = schema._objects  # schema.py exposes no object look-up
+    obj = objects.get(name)
+    return obj["attributes"] if obj is not None else {}
+
+
+def attribute_at(schema: OcsfSchema, class_uid: int, path: tuple[str, ...]) -> Mapping[str, Any] | None:
+    """The attribute definition at ``path`` in the class (through objects), or None."""
+    attrs: Attrs = schema.class_info(class_uid).attributes
+    found: Mapping[str, Any] | None = None
+    for i, part in enumerate(path):
+        found = attrs.get(part)
+        if found is None:
+            return None
+        if i < len(path) - 1:
+            if found.get("type") != "object_t":
+                return None
+            attrs = object_attributes(schema, str(found.get("object_type", "")))
+    return found
+
+
+def _int_keys(attr: Mapping[str, Any]) -> pa.Array | None:
+    enum = attr.get("enum")
+    if not isinstance(enum, Mapping):
+        return None
+    try:
+        return pa.array(sorted(int(k) for k in enum), pa.int64())
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Which rows failed and why (the first reason found per row)."""
+
+    bad: pa.Array  # boolean, one per row
+    reasons: Mapping[int, str]
+
+    @property
+    def ok(self) -> bool:
+        return not self.reasons
+
+
+class _Checker:
+    def __init__(self, schema: OcsfSchema, n: int) -> None:
+        self.schema = schema
+        self.n = n
+        self.fails: list[tuple[pa.Array, str, pa.Array | None]] = []
+
+    def fail(self, rows: pa.Array, message: str, values: pa.Array | None = None) -> None:
+        if len(rows):
+            self.fails.append((rows, message, values))
+
+    def walk(
+        self, arrays: Mapping[str, pa.Array], attrs: Attrs, rows: pa.Array, present: pa.Array | None, label: str
+    ) -> None:
+        """Check the fields of one object (or the event) on the rows where it is ``present``."""
+        for name, attr in attrs.items():
+            if attr.get("profile"):
+                continue
+            column = arrays.get(name)
+            where = f"{label}.{name}" if label else name
+            # An attribute cut from the Arrow schema (objects nest 3 deep) cannot be checked.
+            if attr.get("requirement") == "required" and column is not None and column.null_count:
+                missing = pc.is_null(column) if present is None else pc.and_(present, pc.is_null(column))
+                self.fail(rows.filter(missing), f"{where}: required attribute is missing")
+            if column is None or column.null_count == len(column):
+                continue
+            self.value(column, attr, rows, present, where)
+
+    def value(
+        self, column: pa.Array, attr: Mapping[str, Any], rows: pa.Array, present: pa.Array | None, where: str
+    ) -> None:
+        t = column.type
+        if pa.types.is_list(t):
+            parents = pc.list_parent_indices(column)
+            inner = None if present is None else present.take(parents)
+            self.value(pc.list_flatten(column), attr, rows.take(parents), inner, f"{where}[]")
+            return
+        if pa.types.is_struct(t) and attr.get("type") == "object_t":
+            valid = pc.is_valid(column) if column.null_count else None
+            inner = valid if present is None else (present if valid is None else pc.and_(present, valid))
+            children = {t.field(i).name: pc.struct_field(column, [i]) for i in range(t.num_fields)}
+            obj = object_attributes(self.schema, str(attr.get("object_type", "")))
+            self.walk(children, obj, rows, inner, where)
+            return
+        keys = _int_keys(attr)
+        if keys is not None and pa.types.is_integer(t):
+            outside = pc.and_(pc.is_valid(column), pc.invert(pc.is_in(pc.cast(column, ROW), value_set=keys)))
+            if present is not None:
+                outside = pc.and_(outside, present)
+            if pc.any(outside).as_py():
+                message = f"{where}: {{value}} is not an id of its OCSF {self.schema.version} enum"
+                self.fail(rows.filter(outside), message, column.filter(outside))
+
+    def verdict(self) -> Verdict:
+        reasons: dict[int, str] = {}
+        for rows, message, values in self.fails:
+            shown = values.to_pylist() if values is not None else [None] * len(rows)
+            for row, value in zip(rows.to_pylist(), shown, strict=True):
+                reasons.setdefault(row, message.replace("{value}", repr(value)))
+        bad = pc.is_in(pa.array(range(self.n), ROW), value_set=pa.array(sorted(reasons), ROW))
+        return Verdict(bad, reasons)
+
+
+def _column(batch: pa.RecordBatch, name: str) -> pa.Array | None:
+    index = batch.schema.get_field_index(name)
+    return batch.column(index) if index >= 0 else None
+
+
+def _consistency(checker: _Checker, batch: pa.RecordBatch, class_uid: int, rows: pa.Array) -> None:
+    schema = checker.schema
+    info = schema.class_info(class_uid)
+    get = _column
+
+    def differs(name: str, expected: pa.Array | pa.Scalar, what: str) -> None:
+        column = get(batch, name)
+        if column is None:
+            return
+        wrong = pc.fill_null(pc.not_equal(column, expected), False)
+        checker.fail(rows.filter(wrong), f"{name}: {{value}} {what}", column.filter(wrong))
+
+    differs("class_uid", pa.scalar(class_uid, pa.int32()), f"is not the class of this batch ({class_uid})")
+    differs(
+        "category_uid",
+        pa.scalar(info.category_uid, pa.int32()),
+        f"is not the category of class {class_uid} ({info.category_uid})",
+    )
+    differs("class_name", pa.scalar(info.caption), f"is not the name of class {class_uid} ({info.caption!r})")
+    differs("category_name", pa.scalar(info.category_name), f"is not the name of category {info.category_uid}")
+    activity = get(batch, "activity_id")
+    if activity is not None:
+        expected = pc.add(pa.scalar(class_uid * 100, pa.int64()), pc.cast(activity, pa.int64()))
+        differs("type_uid", expected, "is not class_uid * 100 + activity_id")
+        ids = pa.array(list(info.activities), pa.int64())
+        captions = pa.array(list(info.activities.values()), pa.string())
+        caption = pc.take(captions, pc.index_in(pc.cast(activity, pa.int64()), value_set=ids))
+        names = get(batch, "activity_name")
+        if names is not None:  # with activity 99 (Other) the name is the source's own
+            other = pc.fill_null(pc.equal(activity, 99), False)
+            differs("activity_name", pc.if_else(other, names, caption), "is not the caption of activity_id")
+        differs(
+            "type_name",
+            pc.binary_join_element_wise(pa.scalar(info.caption), caption, ": "),
+            "is not '<class>: <activity>'",
+        )
+    metadata = get(batch, "metadata")
+    if metadata is not None and metadata.type.get_field_index("version") >= 0:
+        version = pc.struct_field(metadata, "version")
+        wrong = pc.fill_null(pc.not_equal(version, schema.version), False)
+        checker.fail(
+            rows.filter(wrong),
+            f"metadata.version: {{value}} is not the batch's OCSF version {schema.version}",
+            version.filter(wrong),
+        )
+
+
+def validate(batch: pa.RecordBatch, schema: OcsfSchema, class_uid: int) -> Verdict:
+    """Check every row of ``batch`` (in the class's Arrow schema) against OCSF ``schema``."""
+    n = batch.num_rows
+    checker = _Checker(schema, n)
+    rows = pa.array(range(n), ROW)
+    info = schema.class_info(class_uid)
+    arrays = {f.name: batch.column(i) for i, f in enumerate(batch.schema)}
+    checker.walk(arrays, info.attributes, rows, None, "")
+    _consistency(checker, batch, class_uid, rows)
+    return checker.verdict()

@@ -1,0 +1,140 @@
+"""Validation against the bundled schema: every event the built-in rules produce from their
+fixtures validates; broken events are caught with a reason naming the attribute, per row."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pytest
+
+from securitylake_sink.mapping.mapper import Mapper
+from securitylake_sink.mapping.passthrough import map_ocsf
+from securitylake_sink.mapping.route import builtin_rule_names
+from securitylake_sink.ocsf.conform import conform_event
+from securitylake_sink.ocsf.schema import load_schema
+from securitylake_sink.ocsf.validate import validate
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "mapping"
+T = 1_732_795_200_000
+
+
+def _auth(**changes: Any) -> dict[str, Any]:
+    event: dict[str, Any] = {
+        "class_uid": 3002,
+        "category_uid": 3,
+        "class_name": "Authentication",
+        "category_name": "Identity & Access Management",
+        "activity_id": 1,
+        "activity_name": "Logon",
+        "type_uid": 300201,
+        "type_name": "Authentication: Logon",
+        "severity_id": 1,
+        "time": T,
+        "user": {"name": "alice"},
+        "service": {"name": "sshd"},
+        "metadata": {"version": "1.1.0", "product": {"name": "p", "vendor_name": "v"}},
+    }
+    event.update(changes)
+    return event
+
+
+def _batch(*events: dict[str, Any], class_uid: int = 3002) -> pa.RecordBatch:
+    schema = load_schema("1.1.0").arrow_schema(class_uid)
+    return pa.RecordBatch.from_pylist([conform_event(e, schema) for e in events], schema=schema)
+
+
+@pytest.mark.parametrize("version", ["1.1.0", "1.8.0"])
+@pytest.mark.parametrize("rule", [r for r in builtin_rule_names() if (FIXTURES / f"{r}.input.ndjson").exists()])
+def test_every_event_from_every_fixture_validates(rule: str, version: str) -> None:
+    # GIVEN a rule's fixtures mapped for an OCSF version
+    records = [json.loads(line) for line in (FIXTURES / f"{rule}.input.ndjson").read_text().splitlines()]
+    schema = load_schema(version)
+    outcome = Mapper(schema, [("*", rule)]).map_records("t", records, [T] * len(records))
+    # WHEN every produced batch is validated again on its own
+    assert outcome.mapped
+    for _, rows in outcome.mapped:
+        verdict = validate(rows.batch, schema, rows.class_uid)
+        # THEN no row has a problem, and the batch is in the class's fixed schema
+        assert verdict.ok, verdict.reasons
+        assert rows.batch.schema == schema.arrow_schema(rows.class_uid)
+    # AND what failed, failed for declining (no record was dropped for being invalid)
+    assert all(reason.startswith("mappings:") for _, reason in outcome.failed.values())
+
+
+def test_a_valid_event_passes() -> None:
+    assert validate(_batch(_auth()), load_schema("1.1.0"), 3002).ok
+
+
+CASES = [
+    pytest.param(_auth(user=None), "user: required attribute is missing", id="required-top-level"),
+    pytest.param(_auth(severity_id=7), "severity_id: 7 is not an id", id="enum-out-of-range"),
+    pytest.param(_auth(type_uid=300202), "type_uid: 300202 is not class_uid * 100 + activity_id", id="type_uid"),
+    pytest.param(_auth(category_uid=4), "category_uid: 4 is not", id="category_uid"),
+    pytest.param(_auth(class_name="Auth"), "class_name: 'Auth' is not the name of class 3002", id="class_name"),
+    pytest.param(_auth(activity_name="Logoff"), "activity_name: 'Logoff' is not the caption", id="activity_name"),
+    pytest.param(_auth(type_name="x"), "type_name: 'x'", id="type_name"),
+    pytest.param(
+        _auth(metadata={"version": "1.2.0", "product": {"name": "p", "vendor_name": "v"}}),
+        "metadata.version: '1.2.0' is not the batch's OCSF version 1.1.0",
+        id="metadata.version",
+    ),
+    pytest.param(
+        _auth(metadata={"version": "1.1.0", "product": {"name": "p"}}),
+        "metadata.product.vendor_name: required attribute is missing",
+        id="required-nested",
+    ),
+    pytest.param(_auth(auth_protocol_id=12), "auth_protocol_id: 12 is not an id", id="enum-nested-top"),
+    pytest.param(_auth(user={"name": "a", "type_id": 5}), "user.type_id: 5 is not an id", id="enum-inside-object"),
+]
+
+
+@pytest.mark.parametrize(("event", "reason"), CASES)
+def test_a_broken_row_is_caught_with_its_reason_and_only_that_row(event: dict[str, Any], reason: str) -> None:
+    # GIVEN a good event, a broken one and another good one
+    verdict = validate(_batch(_auth(), event, _auth()), load_schema("1.1.0"), 3002)
+    # THEN only the broken row fails, and its reason names the attribute
+    assert verdict.bad.to_pylist() == [False, True, False]
+    assert reason in verdict.reasons[1]
+
+
+def test_other_with_its_own_activity_name_is_valid() -> None:
+    event = _auth(activity_id=99, activity_name="Passkey", type_uid=300299, type_name="Authentication: Other")
+    assert validate(_batch(event), load_schema("1.1.0"), 3002).ok
+
+
+def test_required_attributes_of_objects_in_lists_are_checked() -> None:
+    # GIVEN a DNS answer without its required rdata
+    event = {
+        "class_uid": 4003, "activity_id": 2, "type_uid": 400302, "category_uid": 4, "severity_id": 1, "time": T,
+        "src_endpoint": {"ip": "192.0.2.1"}, "answers": [{"rdata": "x"}, {"ttl": 5}],
+        "metadata": {"version": "1.1.0", "product": {"name": "p", "vendor_name": "v"}},
+    }  # fmt: skip
+    verdict = validate(_batch(event, class_uid=4003), load_schema("1.1.0"), 4003)
+    assert "answers[].rdata: required attribute is missing" in verdict.reasons[0]
+
+
+def test_ocsf_records_are_derived_validated_and_never_written_half_valid() -> None:
+    # GIVEN OCSF records: one complete, one missing a required object, one with a bad type_uid
+    records = [
+        {"class_uid": 3002, "activity_id": 1, "time": T, "user": {"name": "a"}, "service": {"name": "s"}},
+        {"class_uid": 6003, "activity_id": 2, "time": T, "api": {"operation": "Get"}},
+        {"class_uid": 3002, "activity_id": 1, "type_uid": 300205, "user": {"name": "b"}},
+        {"class_uid": "not a number"},
+    ]
+    outcome = map_ocsf(records, [T] * len(records), load_schema("1.1.0"))
+    # THEN the first is mapped with its derived fields, and each other one fails with its reason
+    (mapped,) = outcome.mapped
+    row = mapped.batch.to_pylist()[0]
+    assert (row["type_uid"], row["category_uid"], row["class_name"], row["metadata"]["version"]) == (
+        300201,
+        3,
+        "Authentication",
+        "1.1.0",
+    )
+    assert mapped.rows.to_pylist() == [0]
+    assert "actor: required attribute is missing" in outcome.failed[1]
+    assert "type_uid: 300205 does not match" in outcome.failed[2]
+    assert "class_uid: expected an integer" in outcome.failed[3]
