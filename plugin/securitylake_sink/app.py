@@ -21,17 +21,23 @@ from securitylake_sink.batch import Batcher, LakeTarget
 from securitylake_sink.config import Config, split_address
 from securitylake_sink.deadletter import DeadLetterWriter
 from securitylake_sink.encode.parquet import encode_parquet
-from securitylake_sink.errors import DeliveryError, PermanentDelivery, SinkError, SpoolCorrupt
+from securitylake_sink.errors import DeliveryError, PermanentDelivery, SpoolCorrupt
+from securitylake_sink.lake.s3 import resolve_region
 from securitylake_sink.lake.store import ObjectStore, store_for
-from securitylake_sink.mapping.basic import Mapper
+from securitylake_sink.mapping.mapper import Mapper
+from securitylake_sink.metrics_server import MetricsServer, serve_metrics
 from securitylake_sink.model import Chunk
 from securitylake_sink.ocsf.schema import load_schema
 from securitylake_sink.plan import destination_of
 from securitylake_sink.sources import decode_spooled
 from securitylake_sink.sources.forward import ForwardServer
+from securitylake_sink.sources.handshake import handshake_for
+from securitylake_sink.sources.http import HttpServer
+from securitylake_sink.sources.tls import context_for
 from securitylake_sink.spool import Spool, decode_chunk
 from securitylake_sink.spool.batchfile import BatchFile
 from securitylake_sink.spool.wal import WalPosition
+from securitylake_sink.telemetry import Histogram, reason_label, tally
 
 log = logging.getLogger("securitylake_sink")
 
@@ -42,7 +48,7 @@ RETRY_BASE_SECS, RETRY_MAX_SECS = 1.0, 300.0
 
 @dataclass
 class Counters:
-    """What went where; ``records_in == mapped + dead_lettered`` once the pipeline is drained."""
+    """What went where; ``records_in == mapped + dead_lettered + sum(dropped)`` once drained."""
 
     records_in: int = 0
     mapped: int = 0
@@ -52,19 +58,31 @@ class Counters:
     object_bytes: int = 0
     delivery_failures: int = 0
     by_class: dict[int, int] = field(default_factory=dict)
+    # For the metrics catalogue (telemetry.py), read at scrape time:
+    dead_letter_reasons: dict[str, int] = field(default_factory=dict)  # telemetry.reason_label
+    dropped: dict[str, int] = field(default_factory=dict)  # by reason (mappings_fallback: drop)
+    objects_by_class: dict[int, int] = field(default_factory=dict)
+    bytes_by_class: dict[int, int] = field(default_factory=dict)
+    delivery_retries: int = 0
+    permanent_failures: int = 0
+    delivery_failing: str | None = None  # the reason while the last attempt failed permanently
+    upload_seconds: Histogram = field(default_factory=Histogram)
+    backpressure_since: float | None = None  # Unix time intake paused on a full spool; None: reading
 
 
 class App:
     """One running sink. ``start`` → serve → ``shutdown``; or ``run_until`` a stop event."""
 
-    def __init__(self, config: Config, *, store: ObjectStore | None = None) -> None:
+    def __init__(self, config: Config, *, store: ObjectStore | None = None, listen: bool = True) -> None:
+        """``listen=False`` starts no network listener (``replay`` feeds the spool directly)."""
         self.config = config
-        self.destination = destination_of(config)
-        if self.destination.region is None:
-            raise SinkError("the destination's region must be looked up; S3 destinations come with the S3 store")
+        self.listen = listen
+        # HeadBucket at start-up when neither the config, the URL nor the bucket name gives the region.
+        self.destination = resolve_region(destination_of(config), config.auth)
+        assert self.destination.region is not None
         self.schema = load_schema(config.ocsf.version)
         self.spool = Spool(config.spool.path)
-        self.mapper = Mapper(self.schema, [(m.match, m.rule) for m in config.mappings])
+        self.mapper = Mapper(self.schema, [(m.match, m.rule) for m in config.mappings], config.mappings_fallback)
         self.batcher = Batcher(
             self.schema,
             LakeTarget(self.destination.prefix, self.destination.region, config.destination.account_id),
@@ -73,11 +91,18 @@ class App:
             max_bytes=config.batch.max_bytes,
         )
         self.dead_letters = DeadLetterWriter(config.dead_letter_path)
-        self.store = store or store_for(self.destination)
+        self.store = store or store_for(self.destination, config)
         host, port = split_address(config.listen.forward.address)
         self.forward = ForwardServer(
-            self.spool, host=host, port=port, max_frame_bytes=config.listen.forward.max_frame_bytes
+            self.spool,
+            host=host,
+            port=port,
+            max_frame_bytes=config.listen.forward.max_frame_bytes,
+            ssl=context_for(config.listen.forward.tls),
+            handshake=handshake_for(config.listen.forward),
         )
+        self.metrics: MetricsServer | None = None
+        self.http = HttpServer.from_config(self.spool, config.listen.http) if listen and config.listen.http else None
         self.counters = Counters()
         self._pipeline = ThreadPoolExecutor(1, thread_name_prefix="pipeline")
         self._deliver = ThreadPoolExecutor(1, thread_name_prefix="deliver")
@@ -91,23 +116,35 @@ class App:
     async def start(self) -> None:
         opened, sealed = self.spool.open()
         self._cursor = self.spool.checkpoint
+        self.dead_letters.recover(self.spool.checkpoint)
         self.batcher.adopt(opened)
         for batch in sealed:
             self._sealed.put_nowait(batch)
         if opened or sealed:
             log.info("recovered batches from the spool", extra={"open": len(opened), "sealed": len(sealed)})
-        await self.forward.start()
+        if self.listen:
+            await self.forward.start()
+        if self.http is not None:
+            await self.http.start()
         self._tasks = [
             asyncio.create_task(self._map_loop(), name="map"),
             asyncio.create_task(self._deliver_loop(), name="deliver"),
         ]
+        self.metrics = await serve_metrics(self) if self.listen else None
         log.info(
             "securitylake-sink is serving",
-            extra={"forward": f"{self.forward.port}", "lake": self.store.describe(), "spool": str(self.spool.path)},
+            extra={
+                "forward": f"{self.forward.port}" if self.listen else "off",
+                "http": f"{self.http.port}" if self.http is not None else "off",
+                "lake": self.store.describe(),
+                "spool": str(self.spool.path),
+            },
         )
 
     async def shutdown(self, timeout: float = 30.0) -> bool:
         """Stop accepting, map and store everything held; True when nothing is left behind."""
+        if self.http is not None:
+            await self.http.close()
         await self.forward.close()
         self._stopping.set()
         self.spool.wal.durable.set()
@@ -124,6 +161,8 @@ class App:
         self._pipeline.shutdown(wait=True)
         self._deliver.shutdown(wait=True)
         self.spool.close()
+        if self.metrics is not None:
+            await self.metrics.close()
         return clean
 
     def _close_files(self) -> None:
@@ -165,16 +204,19 @@ class App:
                 self._cursor = max(self._cursor, end)
         if items:
             chunks = [chunk for _, chunk in items]
-            placed, dead = self.mapper.map_chunks(chunks, self.config.destination.location_for)
-            self.batcher.add(placed, items[-1][0])
-            self.dead_letters.write(dead)
+            result = self.mapper.map_chunks(chunks, self.config.destination.location_for)
+            self.batcher.add(result.batches, items[-1][0])
+            self.dead_letters.write(result.dead, items[-1][0])
             self.batcher.sync()
             self.dead_letters.sync()
             self._cursor = items[-1][0]
             self.spool.write_checkpoint(self._cursor)
-            self.counters.records_in += sum(len(c.entries) for c in chunks)
-            self.counters.mapped += len(placed)
-            self.counters.dead_lettered += len(dead)
+            self.counters.records_in += result.records
+            self.counters.mapped += result.mapped
+            self.counters.dead_lettered += len(result.dead)
+            tally(self.counters.dead_letter_reasons, (reason_label(d.reason) for d in result.dead))
+            if dropped := sum(result.dropped.values()):
+                self.counters.dropped["mappings_fallback"] = self.counters.dropped.get("mappings_fallback", 0) + dropped
         drained = flush_all and self._cursor >= self.spool.wal.end
         sealed = []
         for batch in self.batcher.due(everything=drained):
@@ -189,7 +231,7 @@ class App:
     @staticmethod
     def _decode(payload: bytes) -> Chunk:
         spooled = decode_chunk(payload)
-        return decode_spooled(spooled.kind, spooled.raw, spooled.received_ns)
+        return decode_spooled(spooled.kind, spooled.raw, spooled.received_ns, tag=spooled.tag, meta=spooled.meta)
 
     # -- delivery ------------------------------------------------------------------------
     async def _deliver_loop(self) -> None:
@@ -200,10 +242,15 @@ class App:
             while True:
                 try:
                     rows, size = await loop.run_in_executor(self._deliver, self._deliver_one, batch)
+                    self.counters.delivery_failing = None
                     break
                 except DeliveryError as exc:
                     attempt += 1
                     self.counters.delivery_failures += 1
+                    self.counters.delivery_retries += 1  # every failed attempt is tried again
+                    permanent = isinstance(exc, PermanentDelivery)
+                    self.counters.permanent_failures += permanent
+                    self.counters.delivery_failing = str(exc) if permanent else None
                     delay = min(RETRY_MAX_SECS, RETRY_BASE_SECS * 2 ** min(attempt, 10)) * random.uniform(0.5, 1.0)
                     log.warning(
                         "could not store an object; it stays in the spool and is retried",
@@ -221,6 +268,8 @@ class App:
             self.counters.object_bytes += size
             cls = batch.header.class_uid
             self.counters.by_class[cls] = self.counters.by_class.get(cls, 0) + rows
+            self.counters.objects_by_class[cls] = self.counters.objects_by_class.get(cls, 0) + 1
+            self.counters.bytes_by_class[cls] = self.counters.bytes_by_class.get(cls, 0) + size
             log.info("stored an object", extra={"key": batch.header.key, "rows": rows, "bytes": size})
             self._sealed.task_done()
 
@@ -228,7 +277,9 @@ class App:
         schema = load_schema(batch.header.ocsf_version).arrow_schema(batch.header.class_uid)
         table = batch.read_table(schema)
         data = encode_parquet(table)
+        started = time.monotonic()
         self.store.put(batch.header.key, data)
+        self.counters.upload_seconds.observe(time.monotonic() - started)
         batch.path.unlink(missing_ok=True)
         return table.num_rows, len(data)
 

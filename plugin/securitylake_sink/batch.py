@@ -1,22 +1,24 @@
 """Batches: one open batch per (source location, class, event hour), and the flush policy
-(age, size, shutdown). Events are appended as Arrow record batches to batch files in the spool.
+(age, size, shutdown). The mapper's per-class record batches are split by event hour and
+appended to batch files in the spool.
 """
 
 from __future__ import annotations
 
 __all__ = ["Batcher", "LakeTarget"]
 
+import itertools
 import logging
 import time
-from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from securitylake_sink.lake.layout import MS_PER_HOUR, object_key, uuid7
-from securitylake_sink.mapping.basic import MappedEvent
+from securitylake_sink.mapping.mapper import MappedBatch
 from securitylake_sink.ocsf.schema import OcsfSchema
 from securitylake_sink.spool.batchfile import BatchFile, BatchHeader
 from securitylake_sink.spool.wal import WalPosition
@@ -24,6 +26,26 @@ from securitylake_sink.spool.wal import WalPosition
 log = logging.getLogger("securitylake_sink.batch")
 
 BatchKey = tuple[str, int, int]  # (location, class_uid, event hour)
+
+
+def _by_hour(batch: pa.RecordBatch) -> Iterator[tuple[int, pa.RecordBatch]]:
+    """The rows of each event hour. Rows sorted by time (as the mapper emits them) are cut into
+    zero-copy slices; otherwise each hour is filtered out (slow on wide class schemas)."""
+    if batch.num_rows == 0:
+        return
+    hours = pc.divide(batch.column("time"), MS_PER_HOUR)  # epoch ms → hour (times from 1970 on)
+    first, last = pc.min_max(hours).values()
+    if first == last:
+        yield int(first.as_py()), batch
+        return
+    if pc.all(pc.greater_equal(hours.slice(1), hours.slice(0, len(hours) - 1))).as_py():
+        starts = pc.indices_nonzero(pc.not_equal(hours.slice(1), hours.slice(0, len(hours) - 1))).to_pylist()
+        bounds = [0, *(i + 1 for i in starts), batch.num_rows]
+        for start, stop in itertools.pairwise(bounds):
+            yield int(hours[start].as_py()), batch.slice(start, stop - start)
+        return
+    for hour in pc.unique(hours).to_pylist():
+        yield int(hour), batch.filter(pc.equal(hours, hour))
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,15 +76,12 @@ class Batcher:
             h = batch.header
             self.open[(h.location, h.class_uid, h.hour)] = batch
 
-    def add(self, events: list[tuple[str, MappedEvent]], position: WalPosition) -> None:
-        """Append (location, event) pairs from chunks ending at ``position``; not yet durable."""
-        groups: dict[BatchKey, list[MappedEvent]] = defaultdict(list)
-        for location, event in events:
-            groups[(location, event.class_uid, event.time_ms // MS_PER_HOUR)].append(event)
-        for key, members in groups.items():
-            schema = self.schema.arrow_schema(key[1])
-            record_batch = pa.RecordBatch.from_pylist([e.row for e in members], schema=schema)
-            self._file_for(key).append(record_batch, position)
+    def add(self, batches: Iterable[MappedBatch], position: WalPosition) -> None:
+        """Append mapped batches (each in its class schema) from chunks ending at ``position``,
+        split by event hour; not yet durable."""
+        for mapped in batches:
+            for hour, part in _by_hour(mapped.batch):
+                self._file_for((mapped.location, mapped.class_uid, hour)).append(part, position)
 
     def _file_for(self, key: BatchKey) -> BatchFile:
         batch = self.open.get(key)

@@ -1,4 +1,5 @@
-"""The command line: ``run``, ``check-config`` and ``demo``; exit 0 on success, 2 on bad config."""
+"""The command line: ``run``, ``check-config``, ``doctor``, ``replay``, ``map``, ``iam-policy``, ``sources``
+and ``demo``; exit 0 on success, 2 on bad config."""
 
 from __future__ import annotations
 
@@ -28,10 +29,42 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = sub.add_parser("run", help="serve until SIGTERM/SIGINT, then flush and exit")
     run.add_argument("-c", "--config", required=True, help="the YAML config file")
-    run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    run.add_argument(
+        "--log-level", choices=["debug", "info", "warning", "error"], help="overrides logging.level of the config"
+    )
     check = sub.add_parser("check-config", help="validate a config without network I/O and print the plan")
     check.add_argument("-c", "--config", required=True, help="the YAML config file")
     check.add_argument("--json", action="store_true", help="print the plan as one JSON object")
+    doctor = sub.add_parser("doctor", help="live checks: credentials, role, bucket region, write access")
+    doctor.add_argument("-c", "--config", required=True, help="the YAML config file")
+    replay = sub.add_parser("replay", help="run files (plain or gzip) or stdin through the pipeline into the lake")
+    replay.add_argument("-c", "--config", required=True, help="the YAML config file (its listeners stay off)")
+    replay.add_argument("--tag", required=True, help="the tag the records get, as a shipper would set it")
+    replay.add_argument("--format", choices=["ndjson", "msgpack", "lines"], default="ndjson", help="default ndjson")
+    replay.add_argument("--chunk-records", type=int, default=1000, help="records per spooled chunk")
+    replay.add_argument("--progress-secs", type=float, default=5.0, help="between progress lines when not on a TTY")
+    replay.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="warning")
+    replay.add_argument("files", nargs="+", metavar="FILE", help="files to replay; - reads standard input")
+    mapping = sub.add_parser("map", help="map ndjson or msgpack records to OCSF JSON lines (dead letters on stderr)")
+    which = mapping.add_mutually_exclusive_group(required=True)
+    which.add_argument("--rule", help="a built-in rule name or a rule file")
+    which.add_argument("-c", "--config", help="a config file: its mappings, fallback and OCSF version apply")
+    which.add_argument("--list", action="store_true", help="list the built-in rules and their OCSF classes")
+    mapping.add_argument("--tag", help="the records' tag (with -c it picks the mappings that apply)")
+    mapping.add_argument("--msgpack", action="store_true", help="read msgpack maps or [time, map] entries")
+    mapping.add_argument("--ocsf-version", help="with --rule or --list: the OCSF version (default 1.1.0)")
+    mapping.add_argument("file", nargs="?", metavar="FILE", help="the input; stdin when absent or -")
+    iam = sub.add_parser("iam-policy", help="print the least-privilege IAM policy and trust policy of the writer role")
+    iam.add_argument("-c", "--config", required=True, help="the YAML config file")
+    iam.add_argument("--principal", help="the ARN the trust policy trusts (default: the root of the role's account)")
+    iam.add_argument("--json", action="store_true", help="print both policies as one JSON object")
+    sources = sub.add_parser("sources", help="print the AWS CLI commands that register the custom sources")
+    sources.add_argument("-c", "--config", required=True, help="the YAML config file")
+    sources.add_argument("--principal", help="the log provider's account id or ARN (default: the role's account)")
+    sources.add_argument(
+        "--crawler-role-arn", help="the Glue crawler role ARN (default: $CRAWLER_ROLE_ARN at run time)"
+    )
+    sources.add_argument("--json", action="store_true", help="print the sources as one JSON object")
     demo = sub.add_parser("demo", help="run the sink on a temporary local lake with sample records")
     demo.add_argument("--lake", help="directory for the demo lake (default: a new temporary directory)")
     demo.add_argument("--records", type=int, default=5000, help="how many records to send")
@@ -76,14 +109,47 @@ def _check_config(path: str, as_json: bool) -> int:
     return EXIT_OK
 
 
-def _run(path: str, level: str) -> int:
-    from securitylake_sink.app import run  # noqa: PLC0415
+def _doctor(path: str) -> int:
+    from securitylake_sink.doctor import doctor  # noqa: PLC0415
 
-    setup_logging(level)
+    setup_logging("warning")
     try:
         config = _load(path)
     except ConfigError as exc:
         return _config_errors(exc)
+    return doctor(config, sys.stdout)
+
+
+def _setup_helper(args: argparse.Namespace) -> int:
+    from securitylake_sink import setup_helpers  # noqa: PLC0415
+
+    try:
+        config = _load(args.config)
+        if args.command == "iam-policy":
+            setup_helpers.print_iam_policy(config, sys.stdout, sys.stderr, principal=args.principal, as_json=args.json)
+        else:
+            setup_helpers.print_sources(
+                config,
+                sys.stdout,
+                sys.stderr,
+                principal=args.principal,
+                crawler_role_arn=args.crawler_role_arn,
+                as_json=args.json,
+            )
+    except ConfigError as exc:
+        return _config_errors(exc)
+    return EXIT_OK
+
+
+def _run(path: str, level: str | None) -> int:
+    from securitylake_sink.app import run  # noqa: PLC0415
+
+    setup_logging(level or "info")
+    try:
+        config = _load(path)
+    except ConfigError as exc:
+        return _config_errors(exc)
+    setup_logging(level or config.logging.level, config.logging.format)
     try:
         return asyncio.run(run(config))
     except SinkError as exc:
@@ -91,12 +157,52 @@ def _run(path: str, level: str) -> int:
         return EXIT_FAILED
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _replay(args: argparse.Namespace) -> int:
+    from securitylake_sink.sources.replay import run_replay  # noqa: PLC0415
+
+    setup_logging(args.log_level)
+    try:
+        config = _load(args.config)
+    except ConfigError as exc:
+        return _config_errors(exc)
+    return run_replay(
+        config, args.tag, args.format, args.files, chunk_records=args.chunk_records, progress_secs=args.progress_secs
+    )
+
+
+def _map(args: argparse.Namespace) -> int:
+    from securitylake_sink import mapcli  # noqa: PLC0415
+
+    setup_logging("warning")
+    if args.list:
+        return mapcli.list_rules(sys.stdout, args.ocsf_version or "1.1.0")
+    if args.config and not args.tag:
+        print("error: --tag: required with -c (the mappings that apply depend on it)", file=sys.stderr)
+        return EXIT_CONFIG
+    return mapcli.run_map(
+        rule=args.rule,
+        config_path=args.config,
+        tag=args.tag,
+        source=args.file,
+        as_msgpack=args.msgpack,
+        version=args.ocsf_version,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 (one return per command)
     args = _parser().parse_args(argv)
     if args.command == "check-config":
         return _check_config(args.config, args.json)
     if args.command == "run":
         return _run(args.config, args.log_level)
+    if args.command == "doctor":
+        return _doctor(args.config)
+    if args.command == "replay":
+        return _replay(args)
+    if args.command == "map":
+        return _map(args)
+    if args.command in ("iam-policy", "sources"):
+        return _setup_helper(args)
     from securitylake_sink.demo import demo  # noqa: PLC0415
 
     setup_logging("warning")

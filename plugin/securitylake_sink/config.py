@@ -12,7 +12,14 @@ __all__ = [
     "Config",
     "DeadLetterConfig",
     "DestinationConfig",
+    "ForwardListen",
+    "ForwardTls",
+    "ForwardUser",
+    "HttpAuth",
+    "HttpListen",
     "ListenConfig",
+    "LoggingConfig",
+    "MetricsListen",
     "SourceLocation",
     "load_config",
     "parse_config",
@@ -33,6 +40,8 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
+    field_serializer,
     field_validator,
     model_validator,
 )
@@ -49,6 +58,17 @@ MAX_BATCH_MAX_BYTES = 1024 * 1024 * 1024
 # Fluent Bit chunks are about 2 MB; in_forward itself caps at 6 MB (pipeline-protocols §6.5).
 DEFAULT_MAX_FRAME_BYTES = 16 * 1024 * 1024
 DEFAULT_FORWARD_ADDRESS = "0.0.0.0:24224"
+# Loopback by default (nothing outside the host or pod sees it); kubelet probes and a Prometheus
+# in another pod need 0.0.0.0:2021. Fluent Bit's own HTTP server has 2020, the sink the next port.
+DEFAULT_METRICS_ADDRESS = "127.0.0.1:2021"
+DEFAULT_HTTP_ADDRESS = "0.0.0.0:8088"
+# Fluent Bit's http chunks are about 2 MB, Vector's http sink batches up to 10 MB
+# (batch.max_bytes); the cap holds for the body as received and after decompression.
+DEFAULT_HTTP_MAX_BODY_BYTES = 32 * 1024 * 1024
+# Fluent Bit's header_tag has no default; pipeline-protocols §3 sets it to this name.
+DEFAULT_HTTP_TAG_HEADER = "X-Fluent-Tag"
+DEFAULT_HTTP_DATE_KEY = "date"  # Fluent Bit's json_date_key default
+HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}\Z")  # an RFC 9110 token
 DEFAULT_SPOOL_PATH = "/var/lib/securitylake-sink/spool"
 DEFAULT_OCSF_VERSION = "1.1.0"
 # The integration contract: the writer role's name starts with this prefix (configurable).
@@ -233,9 +253,89 @@ class AuthConfig(_Model):
         return "static" if self.access_key_id else "default_chain"
 
 
+class ForwardUser(_Model):
+    """One user of the handshake's user auth (Fluent Bit's ``username`` and ``password``)."""
+
+    username: str = Field(min_length=1)
+    password: SecretStr
+
+    @field_serializer("password")
+    def _masked(self, value: SecretStr) -> str:
+        return MASK
+
+
+class ForwardTls(_Model):
+    """TLS on the Forward port; with ``ca_file`` every client must present a certificate it signed."""
+
+    cert_file: Path
+    key_file: Path
+    ca_file: Path | None = None
+
+    @field_validator("cert_file", "key_file", "ca_file")
+    @classmethod
+    def _readable(cls, value: Path | None) -> Path | None:
+        if value is not None:  # a local read, no network I/O: check-config may do it
+            try:
+                with value.open("rb"):
+                    pass
+            except OSError as exc:
+                raise ValueError(f"cannot read {value}: {exc.strerror or exc}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _loads(self) -> ForwardTls:
+        from securitylake_sink.sources.tls import server_context  # noqa: PLC0415 (sources import this module)
+
+        try:
+            server_context(self.cert_file, self.key_file, self.ca_file)
+        except ConfigError as exc:  # names the file that does not load
+            raise _RulesBroken(list(exc.issues)) from None
+        return self
+
+    @field_serializer("cert_file", "key_file", "ca_file")
+    def _text(self, value: Path | None) -> str | None:
+        return None if value is None else str(value)
+
+
 class ForwardListen(_Model):
     address: str = DEFAULT_FORWARD_ADDRESS
     max_frame_bytes: int = Field(DEFAULT_MAX_FRAME_BYTES, ge=1024, le=1024 * 1024 * 1024)
+    # Turns on the HELO/PING/PONG handshake; "" pairs with Fluent Bit's empty_shared_key.
+    shared_key: SecretStr | None = None
+    self_hostname: str | None = Field(None, min_length=1)  # the PONG's hostname; default: this machine's
+    users: tuple[ForwardUser, ...] = ()
+    tls: ForwardTls | None = None
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        split_address(value)
+        return value
+
+    @field_serializer("shared_key")
+    def _masked(self, value: SecretStr | None) -> str | None:
+        return None if value is None else MASK
+
+    @model_validator(mode="after")
+    def _handshake(self) -> ForwardListen:
+        issues: list[ConfigIssue] = []
+        if self.shared_key is None:
+            for name in ("users", "self_hostname"):
+                if getattr(self, name):
+                    issues.append(ConfigIssue(f"listen.forward.{name}", "only applies with listen.forward.shared_key"))
+        names = [user.username for user in self.users]
+        for name in sorted({n for n in names if names.count(n) > 1}):
+            issues.append(ConfigIssue("listen.forward.users", f"username {name!r} is listed twice"))
+        if issues:
+            raise _RulesBroken(issues)
+        return self
+
+
+class MetricsListen(_Model):
+    """The HTTP server for ``/metrics`` (Prometheus), ``/healthz`` and ``/readyz``."""
+
+    enabled: bool = True
+    address: str = DEFAULT_METRICS_ADDRESS
 
     @field_validator("address")
     @classmethod
@@ -244,8 +344,64 @@ class ForwardListen(_Model):
         return value
 
 
+class LoggingConfig(_Model):
+    format: Literal["text", "json"] = "text"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class HttpAuth(_Model):
+    """``listen.http.auth``: a bearer token, or a basic user and password."""
+
+    bearer_token: SecretStr | None = None
+    user: str | None = None
+    password: SecretStr | None = None
+
+    @model_validator(mode="after")
+    def _one_scheme(self) -> HttpAuth:
+        issues: list[ConfigIssue] = []
+        if self.bearer_token is not None and (self.user is not None or self.password is not None):
+            issues.append(ConfigIssue("listen.http.auth", "set bearer_token, or user and password, not both"))
+        elif self.bearer_token is None and self.user is None and self.password is None:
+            issues.append(ConfigIssue("listen.http.auth", "set bearer_token, or user and password"))
+        elif self.bearer_token is None and (self.user is None) != (self.password is None):
+            missing = "password" if self.password is None else "user"
+            issues.append(ConfigIssue(f"listen.http.auth.{missing}", "user and password go together"))
+        if self.bearer_token is not None and not self.bearer_token.get_secret_value().strip():
+            issues.append(ConfigIssue("listen.http.auth.bearer_token", "must not be empty"))
+        if self.user is not None and (not self.user or ":" in self.user):
+            issues.append(ConfigIssue("listen.http.auth.user", "must be non-empty and without ':' (basic auth)"))
+        if issues:
+            raise _RulesBroken(issues)
+        return self
+
+
+class HttpListen(_Model):
+    """``listen.http``: absent = off; present (``http: {}`` for the defaults) = on."""
+
+    address: str = DEFAULT_HTTP_ADDRESS
+    tag_header: str = DEFAULT_HTTP_TAG_HEADER  # else the tag is the URL path: POST /<tag>
+    date_key: str = Field(DEFAULT_HTTP_DATE_KEY, min_length=1)  # Fluent Bit's json_date_key
+    max_body_bytes: int = Field(DEFAULT_HTTP_MAX_BODY_BYTES, ge=1024, le=1024 * 1024 * 1024)
+    auth: HttpAuth | None = None
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        split_address(value)
+        return value
+
+    @field_validator("tag_header")
+    @classmethod
+    def _header(cls, value: str) -> str:
+        if not HEADER_NAME.match(value):
+            raise ValueError(f"must be an HTTP header name (letters, digits, -), got {value!r}")
+        return value
+
+
 class ListenConfig(_Model):
     forward: ForwardListen = ForwardListen()
+    metrics: MetricsListen = MetricsListen()
+    http: HttpListen | None = None  # off unless configured
 
 
 class BatchConfig(_Model):
@@ -272,8 +428,16 @@ class OcsfConfig(_Model):
 
 
 class MappingBinding(_Model):
-    match: str
-    rule: Literal["ocsf", "base_event"]
+    match: str | None = None  # Fluent Bit Match glob (only * is special); default: the rule's own tags
+    rule: str  # ocsf, a built-in rule (securitylake-sink map --list), or a rule file (.yaml)
+
+    @field_validator("rule")
+    @classmethod
+    def _rule(cls, value: str, info: ValidationInfo) -> str:
+        from securitylake_sink.mapping.route import resolve_rule  # noqa: PLC0415 (heavy import)
+
+        base = (info.context or {}).get("config_dir")
+        return resolve_rule(value, base if isinstance(base, Path) else None)
 
 
 class DeadLetterConfig(_Model):
@@ -290,7 +454,11 @@ class Config(_Model):
     spool: SpoolConfig = SpoolConfig()
     ocsf: OcsfConfig = OcsfConfig()
     mappings: tuple[MappingBinding, ...] = ()
+    # Records no mapping takes: dead letters (default), Base Events (class 0; no Security Lake
+    # custom source takes them) or dropped (counted, logged once per tag).
+    mappings_fallback: Literal["dead_letter", "base_event", "drop"] = "dead_letter"
     dead_letter: DeadLetterConfig = DeadLetterConfig()
+    logging: LoggingConfig = LoggingConfig()
 
     @property
     def dead_letter_path(self) -> Path:
@@ -367,7 +535,8 @@ def _issues(error: ValidationError, data: Any) -> list[ConfigIssue]:
             continue
         message = str(ctx_error) if ctx_error is not None else _rule_text(err["msg"])
         given = err["input"]
-        if err["type"] != "value_error" and not option.startswith("auth") and isinstance(given, int | float | str):
+        secret = "auth" in option.split(".") or option.endswith(("shared_key", "password"))
+        if err["type"] != "value_error" and not secret and isinstance(given, int | float | str):
             message += f", got {given!r}"
         if err["type"] == "string_type" and isinstance(given, int | float):
             message += " (quote it: YAML reads bare digits as a number)"
@@ -419,7 +588,8 @@ def parse_config(text: str, *, env: Mapping[str, str] | None = None, origin: str
     issues: list[ConfigIssue] = []
     data = interpolate(data, env=env, issues=issues)
     try:
-        config = Config.model_validate(data)
+        config_dir = Path(origin).parent if origin != "<config>" else None  # rule files are relative to it
+        config = Config.model_validate(data, context={"config_dir": config_dir})
     except ValidationError as exc:
         raise ConfigError(issues + _issues(exc, data) + _cross_issues(data)) from None
     if issues:

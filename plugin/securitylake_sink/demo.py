@@ -29,10 +29,14 @@ destination:
     - {{class_uid: 3002, location: "ext/demo_auth/"}}
     - {{class_uid: 6003, location: "ext/demo_api/1.0/"}}
     - {{class_uid: 1007, location: "ext/demo_process/"}}
+    - {{class_uid: 4002, location: "ext/demo_http/"}}
     - {{class_uid: "*", location: "ext/demo_other/"}}
 listen:
   forward: {{address: "127.0.0.1:0"}}
 spool: {{path: "{spool}"}}
+mappings:
+  - {{match: "host.sshd", rule: sshd}}
+  - {{match: "web.nginx", rule: nginx_access}}
 """
 
 SSHD = [
@@ -92,7 +96,7 @@ def _ocsf_process(rng: random.Random, t_ms: int) -> dict[str, Any]:
         "process": {
             "pid": rng.randrange(100, 60000),
             "cmd_line": cmd,
-            "file": {"path": cmd.split()[0], "name": cmd.split()[0].rsplit("/", 1)[1]},
+            "file": {"path": cmd.split()[0], "name": cmd.split()[0].rsplit("/", 1)[1], "type_id": 1},
         },
         "actor": {"user": {"name": rng.choice(USERS)}},
         "device": {"hostname": "web-1", "type_id": 1},

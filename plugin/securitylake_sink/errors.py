@@ -5,7 +5,9 @@ SinkError
 ├── ProtocolError          bad bytes from a shipper; closes that one connection
 │   └── FrameTooLarge      a frame above the size cap (no boundary left to resync on)
 ├── SpoolError             the write-ahead log or a batch file cannot be written or read
-│   └── SpoolCorrupt       a checksum or framing mismatch found on disk
+│   ├── SpoolCorrupt       a checksum or framing mismatch found on disk
+│   └── SpoolLocked        another process holds the spool directory
+├── Backpressure           the sink is full for now; the shipper should retry after a pause
 ├── MappingError           a record cannot become a valid OCSF event (goes to dead letters)
 ├── SchemaError            the bundled OCSF schema lacks a version, class or attribute
 └── DeliveryError          an object could not be stored
@@ -16,6 +18,7 @@ SinkError
 from __future__ import annotations
 
 __all__ = [
+    "Backpressure",
     "ConfigError",
     "ConfigIssue",
     "DeliveryError",
@@ -28,6 +31,7 @@ __all__ = [
     "SinkError",
     "SpoolCorrupt",
     "SpoolError",
+    "SpoolLocked",
 ]
 
 from dataclasses import dataclass
@@ -74,6 +78,21 @@ class SpoolError(SinkError):
 
 class SpoolCorrupt(SpoolError):
     """Bytes on disk fail their checksum or framing."""
+
+
+class SpoolLocked(SpoolError):
+    """Another process holds the spool directory's lock."""
+
+
+class Backpressure(SinkError):
+    """The sink cannot take more now (e.g. the spool at its disk limit); retry after a pause.
+
+    Sources answer HTTP 503 with ``Retry-After: retry_after_secs`` (pipeline-protocols §6.3).
+    """
+
+    def __init__(self, message: str, retry_after_secs: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_secs = retry_after_secs
 
 
 class MappingError(SinkError):

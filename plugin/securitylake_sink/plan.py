@@ -49,13 +49,55 @@ def cross_issues(
     return issues
 
 
+def _bound_classes(config: Config) -> tuple[list[tuple[str, int]], list[ConfigIssue]]:
+    """(who, class_uid) for every class the mapping rules produce, and the rules that do not
+    compile for ``ocsf.version`` (each issue names ``mappings[i].rule``)."""
+    from securitylake_sink.mapping.route import OCSF, compile_named  # noqa: PLC0415 (heavy import)
+
+    schema = load_schema(config.ocsf.version)
+    classes: list[tuple[str, int]] = []
+    issues: list[ConfigIssue] = []
+    for i, binding in enumerate(config.mappings):
+        if binding.rule == OCSF:
+            continue
+        try:
+            rule = compile_named(binding.rule, schema)
+        except ConfigError as exc:
+            issues.append(ConfigIssue(f"mappings[{i}].rule", str(exc)))
+            continue
+        classes.extend((f"mappings[{i}].rule {rule.name}", uid) for uid in rule.classes)
+    if config.mappings_fallback == "base_event":
+        classes.append(("mappings_fallback: base_event", 0))
+    return classes, issues
+
+
 def check(config: Config) -> None:
     """Raise ConfigError for every cross-option rule the config breaks."""
     dest = config.destination
     uids = [(i, s.class_uid) for i, s in enumerate(dest.sources)]
     issues = cross_issues(dest.url, dest.region, dest.endpoint, config.ocsf.version, uids)
+    issues.extend(_bound_classes(config)[1])
     if issues:
         raise ConfigError(issues)
+
+
+def _mapping_warnings(config: Config, to_security_lake: bool) -> list[str]:
+    out: list[str] = []
+    schema = load_schema(config.ocsf.version)
+    for who, class_uid in _bound_classes(config)[0]:
+        caption = schema.class_info(class_uid).caption
+        if class_uid == 0 and to_security_lake:
+            out.append(
+                f"{who} makes Base Events (class 0) for a Security Lake bucket: Security Lake registers "
+                "no custom source of class 0 and AWS's OCSF validation tool rejects it; Base Events "
+                "suit a local lake or another OCSF consumer (mappings_fallback: dead_letter is the default)"
+            )
+        if config.destination.location_for(class_uid) is None:
+            out.append(
+                f"{who} maps to class {class_uid} ({caption}) but destination.sources has no location "
+                "for it: those events go to the dead letters"
+            )
+    return list(dict.fromkeys(out))
 
 
 def warnings_for(config: Config) -> list[str]:
@@ -75,6 +117,7 @@ def warnings_for(config: Config) -> list[str]:
             )
         if config.auth.mode == "static":
             out.append("auth uses static access keys: supported, but an IAM role is recommended")
+    out.extend(_mapping_warnings(config, dest.kind == "s3"))
     return out
 
 
@@ -130,6 +173,7 @@ def resolve_plan(config: Config) -> dict[str, Any]:
         "spool": {"path": str(config.spool.path), "max_bytes": config.spool.max_bytes},
         "ocsf": {"version": config.ocsf.version},
         "mappings": [m.model_dump() for m in config.mappings],
+        "mappings_fallback": config.mappings_fallback,
         "dead_letter": {"location": str(config.dead_letter_path)},
         "warnings": warnings_for(config),
     }

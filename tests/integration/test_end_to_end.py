@@ -53,6 +53,8 @@ def _records(n: int) -> list[tuple[str, int, dict[str, object]]]:
                         "time": t * 1000,
                         "severity_id": 1,
                         "api": {"operation": "GetObject"},
+                        "actor": {"user": {"name": f"u{i % 7}"}},  # required in API Activity
+                        "src_endpoint": {"ip": "192.0.2.10"},  # required in API Activity
                         "metadata": {"uid": rid},
                     },
                 )
@@ -65,7 +67,9 @@ def _records(n: int) -> list[tuple[str, int, dict[str, object]]]:
 @pytest.fixture
 def sink(tmp_path: Path):  # type: ignore[no-untyped-def]
     port = free_port()
-    proc = SinkProcess(write_config(tmp_path, port, sources=SOURCES), port, tmp_path / "sink.log")
+    # Raw lines no rule is bound to become Base Events (class 0) under ext/other/.
+    config = write_config(tmp_path, port, sources=SOURCES, extra="mappings_fallback: base_event\n")
+    proc = SinkProcess(config, port, tmp_path / "sink.log")
     yield proc
     if proc.proc.poll() is None:
         proc.kill()

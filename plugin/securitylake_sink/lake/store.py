@@ -1,4 +1,5 @@
-"""Where objects are stored: the ``ObjectStore`` protocol and its local (``file://``) implementation.
+"""Where objects are stored: the ``ObjectStore`` protocol, its local (``file://``) implementation,
+and ``store_for`` choosing it or the S3 store (lake/s3.py).
 
 A put either stores the whole object at its key or raises a ``DeliveryError``; putting the same
 key again replaces the object, which is what makes retries and crash replays safe.
@@ -14,7 +15,9 @@ import uuid
 from pathlib import Path
 from typing import Protocol
 
+from securitylake_sink.config import Config
 from securitylake_sink.errors import PermanentDelivery, RetriableDelivery
+from securitylake_sink.lake.s3 import S3Store
 from securitylake_sink.lake.url import Destination
 from securitylake_sink.spool.wal import fsync_dir
 
@@ -56,9 +59,9 @@ class LocalStore:
             raise kind(f"cannot write {target}: {exc.strerror or exc}") from exc
 
 
-def store_for(destination: Destination) -> ObjectStore:
-    """The store for a parsed destination (S3 comes with its own module)."""
+def store_for(destination: Destination, config: Config) -> ObjectStore:
+    """The store for a parsed destination (its region resolved); S3 takes credentials from ``config``."""
     if destination.kind == "file":
         assert destination.local_path is not None
         return LocalStore(destination.local_path)
-    raise PermanentDelivery("S3 destinations are not supported by this build yet")
+    return S3Store.for_config(destination, config)

@@ -35,13 +35,14 @@ import fcntl
 import json
 import logging
 import os
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
 import msgpack
 
-from securitylake_sink.errors import SpoolCorrupt, SpoolError
+from securitylake_sink.errors import SpoolCorrupt, SpoolError, SpoolLocked
 from securitylake_sink.model import Chunk
 from securitylake_sink.spool.batchfile import SUFFIX, BatchFile
 from securitylake_sink.spool.wal import WalPosition, WriteAheadLog, fsync_dir
@@ -51,20 +52,35 @@ log = logging.getLogger("securitylake_sink.spool")
 
 @dataclass(frozen=True, slots=True)
 class SpooledChunk:
-    """A chunk read back from the log: its source kind, receive time and raw bytes."""
+    """A chunk read back from the log: its source kind, receive time, raw bytes, tag and meta.
+
+    Records written before tag and meta were kept hold only the first three (``""``, ``{}``).
+    """
 
     kind: str
     received_ns: int
     raw: bytes
+    tag: str = ""
+    meta: Mapping[str, str] = field(default_factory=dict)
 
 
 def encode_chunk(chunk: Chunk) -> bytes:
-    return bytes(msgpack.packb([chunk.kind, chunk.received_ns, chunk.raw], use_bin_type=True))
+    """``[kind, received_ns, raw, tag, meta]`` as msgpack."""
+    return bytes(
+        msgpack.packb([chunk.kind, chunk.received_ns, chunk.raw, chunk.tag, dict(chunk.meta)], use_bin_type=True)
+    )
 
 
 def decode_chunk(payload: bytes) -> SpooledChunk:
-    kind, received_ns, raw = msgpack.unpackb(payload, raw=False)
-    return SpooledChunk(kind, received_ns, raw)
+    """Read a log record's chunk, old 3-item ones included."""
+    item = msgpack.unpackb(payload, raw=False)
+    if not isinstance(item, list) or len(item) not in (3, 5):
+        raise SpoolCorrupt("a write-ahead log record is not a spooled chunk")
+    if len(item) == 3:
+        kind, received_ns, raw = item
+        return SpooledChunk(kind, received_ns, raw)
+    kind, received_ns, raw, tag, meta = item
+    return SpooledChunk(kind, received_ns, raw, tag, meta)
 
 
 class Spool:
@@ -89,7 +105,7 @@ class Spool:
         try:
             fcntl.flock(self._lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise SpoolError(f"spool.path {self.path} is in use by another securitylake-sink process") from None
+            raise SpoolLocked(f"spool.path {self.path} is in use by another securitylake-sink process") from None
         self.checkpoint = self._read_checkpoint()
         self.wal.open()
         opened = [self._recover(p, self.checkpoint) for p in sorted(self.open_dir.glob(f"*{SUFFIX}"))]
