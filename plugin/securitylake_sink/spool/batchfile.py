@@ -22,7 +22,10 @@ from securitylake_sink.errors import SpoolCorrupt
 from securitylake_sink.spool.wal import WalPosition, encode_record, fsync_dir, scan_records
 
 FRAME_POS = struct.Struct(">QQ")  # write-ahead-log segment and offset of the source chunk
-ROWS = struct.Struct(">Q")
+# Rows in the frame and their size as Arrow arrays in memory: what reading the batch back costs,
+# and so what batch.max_bytes bounds (the frame itself is LZ4-compressed and far smaller).
+ROWS = struct.Struct(">QQ")
+IPC_OPTIONS = pa.ipc.IpcWriteOptions(compression="lz4")
 SUFFIX = ".batch"
 
 
@@ -75,7 +78,8 @@ class BatchFile:
             pos = WalPosition(*FRAME_POS.unpack_from(payload))
             if checkpoint is not None and pos > checkpoint:
                 break
-            good, rows, size = end, rows + _frame_rows(payload), size + len(payload)
+            frame_rows, frame_bytes = ROWS.unpack_from(payload, FRAME_POS.size)
+            good, rows, size = end, rows + frame_rows, size + frame_bytes
         if good < len(data):
             with path.open("r+b") as f:
                 f.truncate(good)
@@ -88,7 +92,7 @@ class BatchFile:
         payload = FRAME_POS.pack(position.segment, position.offset) + _serialize(batch)
         self._file.write(encode_record(payload))
         self.rows += batch.num_rows
-        self.bytes += len(payload)
+        self.bytes += batch.nbytes
         self._dirty = True
 
     def sync(self) -> None:
@@ -122,7 +126,7 @@ class BatchFile:
             end = frame_end
             if index == 0:
                 continue
-            message = pa.py_buffer(payload)[FRAME_POS.size + ROWS.size :]
+            message = pa.ipc.read_message(pa.py_buffer(payload)[FRAME_POS.size + ROWS.size :])
             batches.append(pa.ipc.read_record_batch(message, schema))
         if end != len(data):
             raise SpoolCorrupt(f"batch file {self.path.name} is damaged at byte {end}")
@@ -130,8 +134,11 @@ class BatchFile:
 
 
 def _serialize(batch: pa.RecordBatch) -> bytes:
-    return ROWS.pack(batch.num_rows) + bytes(batch.serialize().to_pybytes())
-
-
-def _frame_rows(payload: bytes) -> int:
-    return int(ROWS.unpack_from(payload, FRAME_POS.size)[0])
+    """One record-batch IPC message, its buffers LZ4-compressed: the full class schema is mostly
+    null columns, which the plain form writes out in full (about 100 times larger)."""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, batch.schema, options=IPC_OPTIONS) as writer:
+        writer.write_batch(batch)
+    messages = pa.ipc.MessageReader.open_stream(sink.getvalue())
+    messages.read_next_message()  # the schema: known from the header, not stored per frame
+    return ROWS.pack(batch.num_rows, batch.nbytes) + bytes(messages.read_next_message().serialize().to_pybytes())
