@@ -60,8 +60,15 @@ def test_every_event_from_every_fixture_validates(rule: str, version: str) -> No
         # THEN no row has a problem, and the batch is in the class's fixed schema
         assert verdict.ok, verdict.reasons
         assert rows.batch.schema == schema.arrow_schema(rows.class_uid)
-    # AND what failed, failed for declining (no record was dropped for being invalid)
-    assert all(reason.startswith("mappings:") for _, reason in outcome.failed.values())
+    # AND what failed, failed for declining, or is a record the fixture expects to be dead-lettered
+    # as invalid (a Process Activity record that names no device: auditd, sudo)
+    expected = [json.loads(line) for line in (FIXTURES / f"{rule}.expected.ndjson").read_text().splitlines()]
+    invalid = {row: reason for row, (_, reason) in outcome.failed.items() if not reason.startswith("mappings:")}
+    assert invalid == {
+        row: line["dead_letter"]
+        for row, line in enumerate(expected)
+        if "dead_letter" in line and not line["dead_letter"].startswith("mappings:")
+    }
 
 
 def test_a_valid_event_passes() -> None:
@@ -88,7 +95,42 @@ CASES = [
     ),
     pytest.param(_auth(auth_protocol_id=12), "auth_protocol_id: 12 is not an id", id="enum-nested-top"),
     pytest.param(_auth(user={"name": "a", "type_id": 5}), "user.type_id: 5 is not an id", id="enum-inside-object"),
+    # a profile's object (device: host) is checked once present: its required type_id
+    pytest.param(
+        _auth(device={"hostname": "h"}),
+        "device.type_id: required attribute is missing",
+        id="required-in-profile-object",
+    ),
+    # objects' at_least_one constraints
+    pytest.param(
+        _auth(device={"type_id": 0}),
+        "device: needs at least one of ip, uid, name, hostname, instance_uid, interface_uid, interface_name",
+        id="at-least-one-device",
+    ),
+    pytest.param(_auth(user={"type_id": 0}), "user: needs at least one of account, name, uid", id="at-least-one-user"),
+    pytest.param(
+        _auth(logon_process={"name": "User32"}),
+        "logon_process: needs at least one of pid, uid",
+        id="at-least-one-process",
+    ),
+    pytest.param(
+        _auth(src_endpoint={"domain": "AWS Internal"}),
+        "src_endpoint: needs at least one of ip, uid",
+        id="at-least-one-ep",
+    ),
 ]
+
+GOOD = [
+    pytest.param(_auth(device={"hostname": "h", "type_id": 0}), id="device"),
+    pytest.param(_auth(user={"uid": "1000", "type_id": 0}), id="user"),
+    pytest.param(_auth(logon_process={"name": "sshd", "pid": 7}), id="process"),
+    pytest.param(_auth(src_endpoint={"svc_name": "AWS Internal"}), id="src_endpoint"),
+]
+
+
+@pytest.mark.parametrize("event", GOOD)
+def test_objects_meeting_their_constraints_pass(event: dict[str, Any]) -> None:
+    assert validate(_batch(event), load_schema("1.1.0"), 3002).ok
 
 
 @pytest.mark.parametrize(("event", "reason"), CASES)
@@ -138,3 +180,87 @@ def test_ocsf_records_are_derived_validated_and_never_written_half_valid() -> No
     assert "actor: required attribute is missing" in outcome.failed[1]
     assert "type_uid: 300205 does not match" in outcome.failed[2]
     assert "class_uid: expected an integer" in outcome.failed[3]
+
+
+def _http(method: str, version: str = "1.1.0") -> dict[str, Any]:
+    return {
+        "class_uid": 4002, "category_uid": 4, "activity_id": 99, "activity_name": method, "type_uid": 400299,
+        "severity_id": 1, "time": T, "http_request": {"http_method": method, "url": {"path": "/"}},
+        "src_endpoint": {"ip": "192.0.2.1"}, "dst_endpoint": {"ip": "192.0.2.2"}, "http_response": {"code": 200},
+        "metadata": {"version": version, "product": {"name": "p", "vendor_name": "v"}},
+    }  # fmt: skip
+
+
+def test_string_enums_are_checked_per_version() -> None:
+    # GIVEN HTTP requests with a method in 1.1.0's enum and two outside it
+    schema = load_schema("1.1.0")
+    batch = pa.RecordBatch.from_pylist(
+        [conform_event(_http(m), schema.arrow_schema(4002)) for m in ["GET", "PROPFIND", "PATCH"]],
+        schema=schema.arrow_schema(4002),
+    )
+    verdict = validate(batch, schema, 4002)
+    # THEN only the methods outside the enum fail, naming the attribute
+    assert verdict.bad.to_pylist() == [False, True, True]
+    assert verdict.reasons[1] == "http_request.http_method: 'PROPFIND' is not a value of its OCSF 1.1.0 enum"
+    # AND PATCH, in 1.8.0's enum, passes there
+    schema8 = load_schema("1.8.0")
+    batch8 = pa.RecordBatch.from_pylist(
+        [conform_event(_http("PATCH", "1.8.0"), schema8.arrow_schema(4002))], schema=schema8.arrow_schema(4002)
+    )
+    assert validate(batch8, schema8, 4002).ok
+
+
+def test_constraints_of_objects_in_lists_are_checked() -> None:
+    # GIVEN API activities whose resource has a name, and one with neither name nor uid
+    def api(resource: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "class_uid": 6003, "category_uid": 6, "activity_id": 2, "type_uid": 600302, "severity_id": 1,
+            "time": T, "api": {"operation": "list"}, "actor": {"user": {"name": "a"}},
+            "src_endpoint": {"ip": "192.0.2.1"}, "resources": [resource],
+            "metadata": {"version": "1.1.0", "product": {"name": "p", "vendor_name": "v"}},
+        }  # fmt: skip
+
+    schema = load_schema("1.1.0")
+    events = [api({"name": "web", "type": "pods"}), api({"type": "nodes", "version": "v1"})]
+    batch = pa.RecordBatch.from_pylist(
+        [conform_event(e, schema.arrow_schema(6003)) for e in events], schema=schema.arrow_schema(6003)
+    )
+    verdict = validate(batch, schema, 6003)
+    assert verdict.bad.to_pylist() == [False, True]
+    assert verdict.reasons[1] == "resources[]: needs at least one of name, uid"
+
+
+def test_just_one_constraints_are_checked() -> None:
+    # GIVEN 1.8.0 findings whose vulnerability names exactly one of advisory/cve/cwe, and two
+    schema = load_schema("1.8.0")
+    finding = {
+        "class_uid": 2002, "category_uid": 2, "activity_id": 1, "type_uid": 200201, "severity_id": 1, "time": T,
+        "finding_info": {"uid": "f", "title": "t"},
+        "metadata": {"version": "1.8.0", "product": {"name": "p", "vendor_name": "v"}},
+    }  # fmt: skip
+    one = {**finding, "vulnerabilities": [{"cve": {"uid": "CVE-2024-1"}}]}
+    two = {**finding, "vulnerabilities": [{"cve": {"uid": "CVE-2024-1"}, "cwe": {"uid": "CWE-79"}}]}
+    arrow = schema.arrow_schema(2002)
+    verdict = validate(
+        pa.RecordBatch.from_pylist([conform_event(e, arrow) for e in (one, two)], schema=arrow), schema, 2002
+    )
+    assert verdict.bad.to_pylist() == [False, True]
+    assert verdict.reasons[1] == "vulnerabilities[]: needs exactly one of advisory, cve, cwe"
+
+
+def test_a_record_breaking_a_constraint_is_dead_lettered_with_the_rule_and_the_path(tmp_path: Path) -> None:
+    # GIVEN a rule that writes the method as it comes and a device with no identifying attribute
+    rule = tmp_path / "web.yaml"
+    rule.write_text(
+        'name: web\nocsf_versions: ["1.1.0"]\nclass_uid: 4002\nattributes:\n'
+        "  activity_id: 99\n  http_request.http_method: {from: m}\n  http_request.url.path: /\n"
+        "  device.type_id: 0\n  device.hostname: {from: host}\n"
+        "  src_endpoint.ip: 192.0.2.1\n  dst_endpoint.ip: 192.0.2.2\n  http_response.code: 200\n"
+    )
+    records = [{"m": "GET", "host": "h"}, {"m": "PROPFIND", "host": "h"}, {"m": "GET"}]
+    outcome = Mapper(load_schema("1.1.0"), [("*", str(rule))]).map_records("t", records, [T] * 3)
+    # THEN the good record is mapped, and each bad one is dead-lettered with the rule and the path
+    assert [rows.rows.to_pylist() for _, rows in outcome.mapped] == [[0]]
+    assert outcome.failed[1] == ("web", "http_request.http_method: 'PROPFIND' is not a value of its OCSF 1.1.0 enum")
+    assert outcome.failed[2][0] == "web"
+    assert outcome.failed[2][1].startswith("device: needs at least one of ip, uid, name, hostname")

@@ -1,10 +1,12 @@
 """Columnar validation of OCSF event batches against the bundled schema: required attributes (also
-inside present objects), enum ids, and class/category/type/names/metadata.version consistent; each
-failing row gets its first reason. At-least-one constraints are not enforced (AWS's tool skips them)."""
+inside present objects, profile attributes included once their object is present), enum ids and
+string enum values (``http_method``), objects' ``at_least_one`` / ``just_one`` constraints (the OCSF
+server's JSON schema, and so AWS's validation tool, enforces them), and class/category/type/names/
+metadata.version consistent; each failing row gets its first reason."""
 
 from __future__ import annotations
 
-__all__ = ["Verdict", "attribute_at", "object_attributes", "validate"]
+__all__ = ["Verdict", "attribute_at", "object_attributes", "object_constraints", "validate"]
 
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -26,6 +28,16 @@ def object_attributes(schema: OcsfSchema, name: str) -> Attrs:
     return obj["attributes"] if obj is not None else {}
 
 
+def object_constraints(schema: OcsfSchema, name: str) -> Mapping[str, list[str]]:
+    """The ``constraints`` of OCSF object ``name`` (``at_least_one`` / ``just_one`` → names)."""
+    objects: Mapping[str, Mapping[str, Any]] = schema._objects
+    obj = objects.get(name)
+    constraints = obj.get("constraints") if obj is not None else None
+    if not isinstance(constraints, Mapping):
+        return {}
+    return {str(k): [str(n) for n in v] for k, v in constraints.items() if isinstance(v, list)}
+
+
 def attribute_at(schema: OcsfSchema, class_uid: int, path: tuple[str, ...]) -> Mapping[str, Any] | None:
     """The attribute definition at ``path`` in the class (through objects), or None."""
     attrs: Attrs = schema.class_info(class_uid).attributes
@@ -39,6 +51,13 @@ def attribute_at(schema: OcsfSchema, class_uid: int, path: tuple[str, ...]) -> M
                 return None
             attrs = object_attributes(schema, str(found.get("object_type", "")))
     return found
+
+
+def _str_keys(attr: Mapping[str, Any]) -> pa.Array | None:
+    enum = attr.get("enum")
+    if not isinstance(enum, Mapping) or attr.get("type") not in ("string_t", None):
+        return None
+    return pa.array(sorted(str(k) for k in enum), pa.string())
 
 
 def _int_keys(attr: Mapping[str, Any]) -> pa.Array | None:
@@ -78,12 +97,12 @@ class _Checker:
     ) -> None:
         """Check the fields of one object (or the event) on the rows where it is ``present``."""
         for name, attr in attrs.items():
-            if attr.get("profile"):
-                continue
             column = arrays.get(name)
             where = f"{label}.{name}" if label else name
-            # An attribute cut from the Arrow schema (objects nest 3 deep) cannot be checked.
-            if attr.get("requirement") == "required" and column is not None and column.null_count:
+            # An attribute cut from the Arrow schema (objects nest 3 deep) cannot be checked. A
+            # profile's attribute is required only with its profile: its values are still checked.
+            required = attr.get("requirement") == "required" and not attr.get("profile")
+            if required and column is not None and column.null_count:
                 missing = pc.is_null(column) if present is None else pc.and_(present, pc.is_null(column))
                 self.fail(rows.filter(missing), f"{where}: required attribute is missing")
             if column is None or column.null_count == len(column):
@@ -103,8 +122,9 @@ class _Checker:
             valid = pc.is_valid(column) if column.null_count else None
             inner = valid if present is None else (present if valid is None else pc.and_(present, valid))
             children = {t.field(i).name: pc.struct_field(column, [i]) for i in range(t.num_fields)}
-            obj = object_attributes(self.schema, str(attr.get("object_type", "")))
-            self.walk(children, obj, rows, inner, where)
+            name = str(attr.get("object_type", ""))
+            self.walk(children, object_attributes(self.schema, name), rows, inner, where)
+            self.constraints(children, object_constraints(self.schema, name), rows, inner, where)
             return
         keys = _int_keys(attr)
         if keys is not None and pa.types.is_integer(t):
@@ -114,6 +134,42 @@ class _Checker:
             if pc.any(outside).as_py():
                 message = f"{where}: {{value}} is not an id of its OCSF {self.schema.version} enum"
                 self.fail(rows.filter(outside), message, column.filter(outside))
+
+        strings = _str_keys(attr)
+        if strings is not None and pa.types.is_string(t):
+            outside = pc.and_(pc.is_valid(column), pc.invert(pc.is_in(column, value_set=strings)))
+            if present is not None:
+                outside = pc.and_(outside, present)
+            if pc.any(outside).as_py():
+                message = f"{where}: {{value}} is not a value of its OCSF {self.schema.version} enum"
+                self.fail(rows.filter(outside), message, column.filter(outside))
+
+    def constraints(
+        self,
+        children: Mapping[str, pa.Array],
+        constraints: Mapping[str, list[str]],
+        rows: pa.Array,
+        present: pa.Array | None,
+        where: str,
+    ) -> None:
+        """Check an object's ``at_least_one`` / ``just_one`` on the rows where it is ``present``."""
+        for kind, names in constraints.items():
+            if kind not in ("at_least_one", "just_one"):
+                continue
+            count: pa.Array | pa.Scalar = pa.scalar(0, ROW)
+            for name in names:
+                child = children.get(name)
+                if child is not None:
+                    count = pc.add(count, pc.cast(pc.is_valid(child), ROW))
+            if isinstance(count, pa.Scalar):  # none of the names is in the Arrow schema
+                count = pa.array([0] * len(rows), ROW)
+            wrong = pc.equal(count, 0) if kind == "at_least_one" else pc.not_equal(count, 1)
+            if present is not None:
+                wrong = pc.and_(wrong, present)
+            wrong = pc.fill_null(wrong, False)
+            if pc.any(wrong).as_py():
+                need = "at least one" if kind == "at_least_one" else "exactly one"
+                self.fail(rows.filter(wrong), f"{where}: needs {need} of {', '.join(names)}")
 
     def verdict(self) -> Verdict:
         reasons: dict[int, str] = {}
