@@ -10,6 +10,7 @@ __all__ = ["App", "Counters", "run"]
 import asyncio
 import contextlib
 import logging
+import os
 import random
 import signal
 import time
@@ -42,8 +43,12 @@ from securitylake_sink.telemetry import Histogram, reason_label, tally
 log = logging.getLogger("securitylake_sink")
 
 MAP_LIMIT = 512  # chunks per pipeline step
+# Records per pipeline step: mapping builds every column of the class at once, so this bounds the
+# step's memory (a step always takes at least one chunk).
+STEP_RECORDS = 16_384
 IDLE_WAKE_SECS = 1.0  # how often an idle pipeline checks batch ages
 RETRY_BASE_SECS, RETRY_MAX_SECS = 1.0, 300.0
+EXIT_SECOND_SIGNAL = 130  # a second SIGTERM/SIGINT during the flush: exit without finishing it
 
 
 @dataclass
@@ -81,7 +86,12 @@ class App:
         self.destination = resolve_region(destination_of(config), config.auth)
         assert self.destination.region is not None
         self.schema = load_schema(config.ocsf.version)
-        self.spool = Spool(config.spool.path)
+        self.spool = Spool(
+            config.spool.path,
+            max_bytes=config.spool.resolved_max_bytes(),
+            dedup_tokens=config.spool.dedup_tokens,
+            dedup_secs=config.spool.dedup_secs,
+        )
         self.mapper = Mapper(self.schema, [(m.match, m.rule) for m in config.mappings], config.mappings_fallback)
         self.batcher = Batcher(
             self.schema,
@@ -104,6 +114,7 @@ class App:
         self.metrics: MetricsServer | None = None
         self.http = HttpServer.from_config(self.spool, config.listen.http) if listen and config.listen.http else None
         self.counters = Counters()
+        self.spool.on_backpressure = self._backpressure
         self._pipeline = ThreadPoolExecutor(1, thread_name_prefix="pipeline")
         self._deliver = ThreadPoolExecutor(1, thread_name_prefix="deliver")
         self._sealed: asyncio.Queue[BatchFile] = asyncio.Queue()
@@ -111,6 +122,9 @@ class App:
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
         self._drained = asyncio.Event()
+
+    def _backpressure(self, since: float | None) -> None:
+        self.counters.backpressure_since = since
 
     # -- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
@@ -138,16 +152,19 @@ class App:
                 "http": f"{self.http.port}" if self.http is not None else "off",
                 "lake": self.store.describe(),
                 "spool": str(self.spool.path),
+                "spool_max_bytes": self.spool.max_bytes,
             },
         )
 
-    async def shutdown(self, timeout: float = 30.0) -> bool:
+    async def shutdown(self, timeout: float | None = None) -> bool:
         """Stop accepting, map and store everything held; True when nothing is left behind."""
         if self.http is not None:
             await self.http.close()
         await self.forward.close()
         self._stopping.set()
         self.spool.wal.durable.set()
+        if timeout is None:
+            timeout = self.config.shutdown.timeout_secs
         try:
             await asyncio.wait_for(asyncio.shield(self._drained.wait()), timeout)
             clean = True
@@ -182,7 +199,7 @@ class App:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wal.durable.wait(), max(0.0, min(IDLE_WAKE_SECS, wait)))
             stopping = self._stopping.is_set()
-            items: list[tuple[WalPosition, Chunk]] = wal.take_cached(self._cursor, MAP_LIMIT)
+            items: list[tuple[WalPosition, Chunk]] = _bounded(wal.take_cached(self._cursor, MAP_LIMIT))
             try:
                 sealed = await loop.run_in_executor(self._pipeline, self._step, items, stopping)
             except SpoolCorrupt:
@@ -199,7 +216,7 @@ class App:
         """One pipeline step (pipeline thread): map what follows the cursor, checkpoint, seal."""
         if not items and self._cursor < self.spool.wal.end:
             records, end = self.spool.wal.read_from(self._cursor, MAP_LIMIT)
-            items = [(pos, self._decode(payload)) for pos, payload in records]
+            items = _bounded([(pos, self._decode(payload)) for pos, payload in records])
             if not items:  # nothing durable between the cursor and the end it read up to
                 self._cursor = max(self._cursor, end)
         if items:
@@ -211,6 +228,7 @@ class App:
             self.dead_letters.sync()
             self._cursor = items[-1][0]
             self.spool.write_checkpoint(self._cursor)
+            self.spool.refresh_batch_bytes()
             self.counters.records_in += result.records
             self.counters.mapped += result.mapped
             self.counters.dead_lettered += len(result.dead)
@@ -218,14 +236,19 @@ class App:
             if dropped := sum(result.dropped.values()):
                 self.counters.dropped["mappings_fallback"] = self.counters.dropped.get("mappings_fallback", 0) + dropped
         drained = flush_all and self._cursor >= self.spool.wal.end
+        # A full spool seals its open batches now rather than at batch.max_age_secs: only
+        # delivery makes room, and it takes sealed batches only.
+        full = self.spool.backpressure_since is not None
         sealed = []
-        for batch in self.batcher.due(everything=drained):
+        for batch in self.batcher.due(everything=drained or full):
             if batch.rows == 0:
                 batch.close()
                 batch.path.unlink(missing_ok=True)
                 continue
             batch.move_to(self.spool.sealed_dir)
             sealed.append(batch)
+        if sealed:
+            self.spool.refresh_batch_bytes()
         return sealed
 
     @staticmethod
@@ -272,6 +295,7 @@ class App:
             self.counters.bytes_by_class[cls] = self.counters.bytes_by_class.get(cls, 0) + size
             log.info("stored an object", extra={"key": batch.header.key, "rows": rows, "bytes": size})
             self._sealed.task_done()
+            self.spool.refresh_batch_bytes()
 
     def _deliver_one(self, batch: BatchFile) -> tuple[int, int]:
         schema = load_schema(batch.header.ocsf_version).arrow_schema(batch.header.class_uid)
@@ -284,19 +308,44 @@ class App:
         return table.num_rows, len(data)
 
 
+def _bounded(items: list[tuple[WalPosition, Chunk]]) -> list[tuple[WalPosition, Chunk]]:
+    """The leading chunks of ``items`` that hold at most STEP_RECORDS records (at least one)."""
+    total = 0
+    for index, (_, chunk) in enumerate(items):
+        total += len(chunk.entries)
+        if total > STEP_RECORDS and index > 0:
+            return items[:index]
+    return items
+
+
 async def run(config: Config, *, ready: Callable[[App], None] | None = None, stop: asyncio.Event | None = None) -> int:
-    """Serve until SIGTERM/SIGINT (or ``stop``), then flush what is held; the exit code."""
+    """Serve until SIGTERM/SIGINT (or ``stop``), then flush what is held; the exit code.
+
+    Signals are handled from before start-up, so a SIGTERM while starting also stops cleanly.
+    """
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_signal(sig: signal.Signals) -> None:
+        if not stop.is_set():
+            stop.set()
+            return
+        # Everything acked is already fsynced in the write-ahead log: stopping now loses nothing.
+        log.warning(
+            "stopping at once on a second signal; the spool keeps what was not stored", extra={"signal": sig.name}
+        )
+        logging.shutdown()
+        os._exit(EXIT_SECOND_SIGNAL)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, on_signal, sig)
     app = App(config)
     await app.start()
     if ready is not None:
         ready(app)
-    stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    log.info("stopping: flushing what the sink holds")
+    log.info("stopping: flushing what the sink holds", extra={"timeout_secs": config.shutdown.timeout_secs})
     clean = await app.shutdown()
     log.info("stopped", extra={"objects": app.counters.objects, "rows": app.counters.object_rows, "clean": clean})
     return 0

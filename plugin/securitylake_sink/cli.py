@@ -106,6 +106,8 @@ def _check_config(path: str, as_json: bool) -> int:
         print(f"  class {source['class_uid']}{name} -> {source['location']}")
     print(f"  forward      {plan['listen']['forward']['address']}")
     print(f"  spool        {plan['spool']['path']}")
+    limit = plan["spool"]["max_bytes"]
+    print(f"  spool limit  {limit} bytes" if limit is not None else "  spool limit  10% of free disk (at start-up)")
     return EXIT_OK
 
 
@@ -150,6 +152,10 @@ def _run(path: str, level: str | None) -> int:
     except ConfigError as exc:
         return _config_errors(exc)
     setup_logging(level or config.logging.level, config.logging.format)
+    import pyarrow as pa  # noqa: PLC0415
+
+    # The system allocator hands freed batch memory back; jemalloc kept ~25% more resident here.
+    pa.set_memory_pool(pa.system_memory_pool())
     try:
         return asyncio.run(run(config))
     except SinkError as exc:

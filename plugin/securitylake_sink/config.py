@@ -53,7 +53,7 @@ from securitylake_sink.errors import ConfigError, ConfigIssue
 DEFAULT_MAX_AGE_SECS = 300
 MAX_MAX_AGE_SECS = 86_400
 # Arrow bytes held per open batch before it is flushed; Parquet is several times smaller.
-DEFAULT_BATCH_MAX_BYTES = 64 * 1024 * 1024
+DEFAULT_BATCH_MAX_BYTES = 32 * 1024 * 1024
 MAX_BATCH_MAX_BYTES = 1024 * 1024 * 1024
 # Fluent Bit chunks are about 2 MB; in_forward itself caps at 6 MB (pipeline-protocols §6.5).
 DEFAULT_MAX_FRAME_BYTES = 16 * 1024 * 1024
@@ -70,6 +70,12 @@ DEFAULT_HTTP_TAG_HEADER = "X-Fluent-Tag"
 DEFAULT_HTTP_DATE_KEY = "date"  # Fluent Bit's json_date_key default
 HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}\Z")  # an RFC 9110 token
 DEFAULT_SPOOL_PATH = "/var/lib/securitylake-sink/spool"
+DEFAULT_DEDUP_TOKENS = 10_000  # recent chunk tokens remembered for resend deduplication
+DEFAULT_DEDUP_SECS = 3600.0  # and for how long
+# spool.max_bytes unset: this share of the spool file system's free space at start-up, capped.
+SPOOL_FREE_SHARE = 0.10
+SPOOL_MAX_BYTES_CAP = 64 * 1024**3
+DEFAULT_SHUTDOWN_TIMEOUT_SECS = 30.0
 DEFAULT_OCSF_VERSION = "1.1.0"
 # The integration contract: the writer role's name starts with this prefix (configurable).
 DEFAULT_ROLE_NAME_PREFIX = "SynqlyAccess"
@@ -411,7 +417,26 @@ class BatchConfig(_Model):
 
 class SpoolConfig(_Model):
     path: Path = Path(DEFAULT_SPOOL_PATH)
-    max_bytes: int | None = Field(None, ge=1024 * 1024)
+    max_bytes: int | None = Field(None, ge=1024 * 1024)  # None: 10% of free disk at start-up, capped
+    dedup_tokens: int = Field(DEFAULT_DEDUP_TOKENS, ge=0)  # 0 turns resend deduplication off
+    dedup_secs: float = Field(DEFAULT_DEDUP_SECS, ge=0)
+
+    def resolved_max_bytes(self) -> int:
+        """``max_bytes``, or 10% of the free space where the spool lives (capped), computed now."""
+        if self.max_bytes is not None:
+            return self.max_bytes
+        probe = self.path
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        try:
+            stat = os.statvfs(probe)
+        except OSError:
+            return SPOOL_MAX_BYTES_CAP
+        return min(SPOOL_MAX_BYTES_CAP, int(stat.f_bavail * stat.f_frsize * SPOOL_FREE_SHARE))
+
+
+class ShutdownConfig(_Model):
+    timeout_secs: float = Field(DEFAULT_SHUTDOWN_TIMEOUT_SECS, gt=0)  # bounds the flush on SIGTERM
 
 
 class OcsfConfig(_Model):
@@ -452,6 +477,7 @@ class Config(_Model):
     listen: ListenConfig = ListenConfig()
     batch: BatchConfig = BatchConfig()
     spool: SpoolConfig = SpoolConfig()
+    shutdown: ShutdownConfig = ShutdownConfig()
     ocsf: OcsfConfig = OcsfConfig()
     mappings: tuple[MappingBinding, ...] = ()
     # Records no mapping takes: dead letters (default), Base Events (class 0; no Security Lake

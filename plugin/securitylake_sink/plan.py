@@ -170,7 +170,12 @@ def resolve_plan(config: Config) -> dict[str, Any]:
         },
         "listen": {"forward": config.listen.forward.model_dump()},
         "batch": config.batch.model_dump(),
-        "spool": {"path": str(config.spool.path), "max_bytes": config.spool.max_bytes},
+        "spool": {
+            "path": str(config.spool.path),
+            "max_bytes": config.spool.max_bytes,
+            "dedup_tokens": config.spool.dedup_tokens,
+            "dedup_secs": config.spool.dedup_secs,
+        },
         "ocsf": {"version": config.ocsf.version},
         "mappings": [m.model_dump() for m in config.mappings],
         "mappings_fallback": config.mappings_fallback,

@@ -107,6 +107,47 @@ def test_valid_config_exits_0_and_prints_the_plan(tmp_path: Path) -> None:
     assert result.stderr == ""
 
 
+def test_plan_shows_the_spool_limit_as_set_or_as_its_default(tmp_path: Path) -> None:
+    # GIVEN one config without spool.max_bytes and one with it and the dedup and shutdown keys
+    default = write(tmp_path, config(f"s3://{LAKE_BUCKET}/"), "default.yaml")
+    limited = write(
+        tmp_path,
+        config(
+            f"s3://{LAKE_BUCKET}/",
+            spool={"max_bytes": 2 * 1024 * 1024, "dedup_tokens": 50, "dedup_secs": 60},
+            shutdown={"timeout_secs": 5},
+        ),
+        "limited.yaml",
+    )
+    # WHEN each is checked
+    shown_default = run("check-config", "-c", default)
+    shown_limited = run("check-config", "-c", limited)
+    plan = json.loads(run("check-config", "-c", limited, "--json").stdout)
+    # THEN the limit is "10% of free disk" unless set, and the plan carries the dedup window
+    assert shown_default.returncode == shown_limited.returncode == EXIT_OK, shown_limited.stderr
+    assert "spool limit  10% of free disk" in shown_default.stdout
+    assert "spool limit  2097152 bytes" in shown_limited.stdout
+    assert plan["spool"] | {"path": None} == {
+        "path": None, "max_bytes": 2097152, "dedup_tokens": 50, "dedup_secs": 60.0
+    }
+
+
+@pytest.mark.parametrize(
+    ("data", "options"),
+    [
+        pytest.param(config("file:///tmp/lake", spool={"dedup_tokens": -1}), ["spool.dedup_tokens"], id="tokens"),
+        pytest.param(config("file:///tmp/lake", spool={"dedup_secs": -1}), ["spool.dedup_secs"], id="secs"),
+        pytest.param(config("file:///tmp/lake", shutdown={"timeout_secs": 0}), ["shutdown.timeout_secs"], id="stop"),
+    ],
+)
+def test_bad_dedup_and_shutdown_options_are_named(tmp_path: Path, data: dict[str, Any], options: list[str]) -> None:
+    result = run("check-config", "-c", write(tmp_path, data))
+    assert result.returncode == EXIT_CONFIG, result.stdout + result.stderr
+    errors = error_lines(result.stderr)
+    for option in options:
+        assert any(line.startswith(f"{option}: ") for line in errors), f"{option} not in {errors}"
+
+
 @pytest.mark.parametrize(
     ("url", "expected"),
     [

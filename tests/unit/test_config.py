@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from securitylake_sink.config import Config, parse_config, split_address
+from securitylake_sink.config import SPOOL_MAX_BYTES_CAP, Config, SpoolConfig, parse_config, split_address
 from securitylake_sink.errors import ConfigError, ConfigIssue
 from securitylake_sink.ocsf.schema import bundled_versions, load_schema
 from securitylake_sink.plan import resolve_plan
@@ -1078,3 +1079,12 @@ def test_misshapen_auth_group_does_not_echo_secrets(auth: Any) -> None:
         parse(config_yaml({"auth": auth}))
     assert "auth" in {i.option for i in info.value.issues}
     assert_no_secret(error_text(info.value), [SECRET_ACCESS_KEY])
+
+
+def test_spool_max_bytes_defaults_to_a_tenth_of_free_disk_capped(tmp_path: Path) -> None:
+    # (free space moves a little between the two looks, hence the tolerance)
+    stat = os.statvfs(tmp_path)
+    expected = min(SPOOL_MAX_BYTES_CAP, stat.f_bavail * stat.f_frsize // 10)
+    resolved = SpoolConfig(path=tmp_path / "not" / "yet" / "made").resolved_max_bytes()
+    assert abs(resolved - expected) <= expected // 100
+    assert SpoolConfig(path=tmp_path, max_bytes=5 * 1024 * 1024).resolved_max_bytes() == 5 * 1024 * 1024

@@ -11,7 +11,7 @@ from typing import Any
 import msgpack
 import pytest
 
-from securitylake_sink.errors import SinkError
+from securitylake_sink.errors import Backpressure, SinkError
 from securitylake_sink.model import Chunk
 from securitylake_sink.sources.forward import ForwardServer, decode_spooled
 
@@ -396,4 +396,42 @@ async def test_close_gives_up_on_a_stuck_submit_without_ack() -> None:
         await server.close(timeout=0.1)
         assert await read_to_eof(reader) == b""
         assert sink.chunks == []
+        await close_client(writer)
+
+
+# --- backpressure ---------------------------------------------------------------------------
+
+
+class FullSink(RecordingSink):
+    """Refuses with ``Backpressure`` until ``room`` is set, like a spool at its disk limit."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.room = False
+        self.refusals = 0
+
+    async def submit(self, chunk: Chunk) -> None:
+        if not self.room:
+            self.refusals += 1
+            raise Backpressure("the spool is full", retry_after_secs=0.05)
+        self.chunks.append(chunk)
+
+
+async def test_a_full_sink_holds_the_frame_and_keeps_the_connection_open() -> None:
+    # GIVEN a sink that is full
+    sink = FullSink()
+    async with serving(sink) as server:
+        reader, writer = await connect(server)
+        # WHEN a frame arrives
+        await send(writer, FLUENT_BIT_FRAME)
+        await wait_until(lambda: sink.refusals >= 3)
+        # THEN it is neither acked nor dropped, and the connection stays open
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(reader.read(1024), 0.3)
+        assert server.open_connections == 1 and sink.chunks == []
+        assert server.stats.backpressure_waits == 1
+        # AND once the sink drains the held frame is stored and acked
+        sink.room = True
+        assert await read_some(reader) == FLUENT_BIT_ACK
+        assert len(sink.chunks) == 1 and server.stats.submit_failures == 0
         await close_client(writer)

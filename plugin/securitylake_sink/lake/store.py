@@ -9,6 +9,7 @@ from __future__ import annotations
 
 __all__ = ["LocalStore", "ObjectStore", "store_for"]
 
+import contextlib
 import errno
 import os
 import uuid
@@ -54,7 +55,8 @@ class LocalStore:
             tmp.replace(target)
             fsync_dir(target.parent)
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # e.g. ENOTDIR: the lake path runs through a file
+                tmp.unlink(missing_ok=True)
             kind = PermanentDelivery if exc.errno in PERMANENT_ERRNOS else RetriableDelivery
             raise kind(f"cannot write {target}: {exc.strerror or exc}") from exc
 

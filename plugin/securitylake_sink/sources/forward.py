@@ -1,5 +1,6 @@
 """The Forward protocol v1 TCP server: frames in, ``{"ack": token}`` out only after the sink
-made the chunk durable, in frame order; bad input closes that one connection, never the server."""
+made the chunk durable, in frame order; bad input closes that one connection, never the server.
+While the sink is full (``Backpressure``) a connection holds its frame and stops reading."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from typing import Final, Protocol
 
 import msgpack
 
-from securitylake_sink.errors import FrameTooLarge, ProtocolError, SinkError
+from securitylake_sink.errors import Backpressure, FrameTooLarge, ProtocolError, SinkError
 from securitylake_sink.model import Chunk
 from securitylake_sink.sources.forward_codec import (
     DEFAULT_MAX_FRAME_BYTES,
@@ -43,6 +44,8 @@ DEFAULT_IDLE_TIMEOUT_SECS: Final = 300.0
 DEFAULT_MAX_CONNECTIONS: Final = 1024
 # How long closing one socket may wait for buffered bytes to leave before it is aborted.
 CLOSE_WAIT_SECS: Final = 1.0
+# How often a connection holding a frame on a full sink tries it again (at most).
+BACKPRESSURE_POLL_SECS: Final = 0.2
 
 
 class ChunkSink(Protocol):
@@ -76,6 +79,7 @@ class ForwardStats:
     records: int = 0
     acks: int = 0
     submit_failures: int = 0
+    backpressure_waits: int = 0  # frames held because the sink was full
     protocol_errors: dict[str, int] = field(default_factory=dict)
 
 
@@ -245,7 +249,23 @@ class ForwardServer:
         self.stats.frames += 1
         if not chunk.entries:  # only group markers: nothing to store, still acked
             return chunk, None
-        return chunk, asyncio.ensure_future(self._sink.submit(chunk))
+        return chunk, asyncio.ensure_future(self._submit_held(chunk))
+
+    async def _submit_held(self, chunk: Chunk) -> None:
+        """Submit, holding the chunk while the sink is full: never dropped, never acked early.
+
+        The connection reads no more frames meanwhile, so TCP pushes back on the shipper.
+        """
+        waited = False
+        while True:
+            try:
+                await self._sink.submit(chunk)
+                return
+            except Backpressure as exc:
+                if not waited:
+                    waited = True
+                    self.stats.backpressure_waits += 1
+                await asyncio.sleep(min(BACKPRESSURE_POLL_SECS, exc.retry_after_secs))
 
     async def _finish(self, conn: _Connection, chunk: Chunk | None, stored: asyncio.Future[None] | None) -> None:
         """Wait until a chunk is durable, then ack it when the shipper asked for an ack."""

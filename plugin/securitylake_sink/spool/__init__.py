@@ -6,6 +6,8 @@ On-disk layout under ``spool.path``::
     wal/<seq>.wal             intake write-ahead log: chunks exactly as received
     checkpoint                JSON {"segment", "offset"}: the log position up to which every
                               chunk has been mapped into batch files (or dead letters)
+    tokens                    msgpack [[token, received_ns], ...]: recent chunk tokens, written
+                              before log segments are released (resend deduplication)
     open/<id>.batch           open batches, one per (location, class, event hour)
     sealed/<id>.batch         closed batches waiting to be stored; header holds the object key
     dead_letter/<day>.ndjson  records no mapping could take (unless dead_letter.location moves it)
@@ -22,39 +24,73 @@ Invariants:
 4. A sealed batch is deleted only after its object is stored; storing the same key again
    replaces the object, so a crash between the put and the delete leaves no duplicate.
 
+5. Resend deduplication: a chunk's token (the Forward ``chunk`` option) is kept in its log record.
+   A chunk whose token (compared byte for byte) was made durable within the last ``dedup_secs``
+   and is among the last ``dedup_tokens`` is acked again but not stored again. Chunks without
+   a token are always stored. Message-mode tokens hash one record, so two identical records
+   sent within the window share a token and the second is taken as a resend.
+6. Backpressure: ``submit`` raises ``Backpressure`` while ``disk_bytes()`` (log segments plus
+   batch files; a running figure) is at or above ``max_bytes``. Nothing is dropped: the source
+   holds the chunk (Forward stops reading, HTTP answers 503) and tries again. Log segments are
+   at most a quarter of ``max_bytes``, so mapped log bytes are released while intake waits; a
+   full spool seals its open batches at once, so delivery can drain it.
+
 Recovery (``open``): cut a torn tail off the newest log segment; in every open batch cut a torn
 tail and every frame past the checkpoint (those chunks are mapped again from the log);
+rebuild the token set from the ``tokens`` file plus every log segment still on disk;
 then the mapper resumes at the checkpoint and sealed batches are stored.
 """
 
 from __future__ import annotations
 
-__all__ = ["Spool", "SpooledChunk"]
+__all__ = ["DEFAULT_DEDUP_SECS", "DEFAULT_DEDUP_TOKENS", "Spool", "SpooledChunk", "token_bytes"]
 
+import asyncio
 import fcntl
 import json
 import logging
 import os
-from collections.abc import Mapping
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Final
 
 import msgpack
 
-from securitylake_sink.errors import SpoolCorrupt, SpoolError, SpoolLocked
+from securitylake_sink.errors import Backpressure, SpoolCorrupt, SpoolError, SpoolLocked
 from securitylake_sink.model import Chunk
 from securitylake_sink.spool.batchfile import SUFFIX, BatchFile
-from securitylake_sink.spool.wal import WalPosition, WriteAheadLog, fsync_dir
+from securitylake_sink.spool.wal import SEGMENT_BYTES, WalPosition, WriteAheadLog, fsync_dir, scan_records
 
 log = logging.getLogger("securitylake_sink.spool")
+# A decoded chunk (Python dicts and strings) takes about this many times its wire bytes in memory;
+# the log's cache of decoded chunks is bounded by that estimate.
+DECODED_EXPANSION = 8
+
+DEFAULT_DEDUP_TOKENS: Final = 10_000
+DEFAULT_DEDUP_SECS: Final = 3600.0
+TOKENS_FILE: Final = "tokens"
+# What a full spool tells its shippers to wait before they try again.
+BACKPRESSURE_RETRY_SECS: Final = 1.0
+NS_PER_SEC: Final = 1_000_000_000
+# With a small spool.max_bytes the log rotates sooner, so mapped log bytes are released in time.
+SEGMENTS_PER_LIMIT: Final = 4
+MIN_SEGMENT_BYTES: Final = 64 * 1024
+
+
+def token_bytes(token: str) -> bytes:
+    """A chunk token as the bytes the shipper sent (sources decode them with surrogateescape)."""
+    return token.encode("utf-8", "surrogateescape")
 
 
 @dataclass(frozen=True, slots=True)
 class SpooledChunk:
-    """A chunk read back from the log: its source kind, receive time, raw bytes, tag and meta.
+    """A chunk read back from the log: its source kind, receive time, raw bytes, tag, meta, token.
 
-    Records written before tag and meta were kept hold only the first three (``""``, ``{}``).
+    Records written before tag and meta (or the token) were kept hold ``""``, ``{}`` (``None``).
     """
 
     kind: str
@@ -62,37 +98,100 @@ class SpooledChunk:
     raw: bytes
     tag: str = ""
     meta: Mapping[str, str] = field(default_factory=dict)
+    token: bytes | None = None
 
 
 def encode_chunk(chunk: Chunk) -> bytes:
-    """``[kind, received_ns, raw, tag, meta]`` as msgpack."""
+    """``[kind, received_ns, raw, tag, meta, token]`` as msgpack (token: bytes or nil)."""
+    token = None if chunk.token is None else token_bytes(chunk.token)
     return bytes(
-        msgpack.packb([chunk.kind, chunk.received_ns, chunk.raw, chunk.tag, dict(chunk.meta)], use_bin_type=True)
+        msgpack.packb(
+            [chunk.kind, chunk.received_ns, chunk.raw, chunk.tag, dict(chunk.meta), token], use_bin_type=True
+        )
     )
 
 
 def decode_chunk(payload: bytes) -> SpooledChunk:
-    """Read a log record's chunk, old 3-item ones included."""
+    """Read a log record's chunk, old 3- and 5-item ones included."""
     item = msgpack.unpackb(payload, raw=False)
-    if not isinstance(item, list) or len(item) not in (3, 5):
+    if not isinstance(item, list) or len(item) not in (3, 5, 6):
         raise SpoolCorrupt("a write-ahead log record is not a spooled chunk")
     if len(item) == 3:
         kind, received_ns, raw = item
         return SpooledChunk(kind, received_ns, raw)
-    kind, received_ns, raw, tag, meta = item
-    return SpooledChunk(kind, received_ns, raw, tag, meta)
+    if len(item) == 5:
+        kind, received_ns, raw, tag, meta = item
+        return SpooledChunk(kind, received_ns, raw, tag, meta)
+    kind, received_ns, raw, tag, meta, token = item
+    return SpooledChunk(kind, received_ns, raw, tag, meta, token)
+
+
+class _Tokens:
+    """Recent durable chunk tokens, bounded by count and age; thread-safe (loop and pipeline)."""
+
+    def __init__(self, max_count: int, max_age_secs: float) -> None:
+        self.max_count = max_count
+        self.max_age_ns = int(max_age_secs * NS_PER_SEC)
+        self._seen: OrderedDict[bytes, int] = OrderedDict()  # token -> received_ns, oldest first
+        self._lock = threading.Lock()
+
+    def add(self, token: bytes, received_ns: int) -> None:
+        if self.max_count <= 0:
+            return
+        with self._lock:
+            self._seen[token] = max(received_ns, self._seen.get(token, 0))
+            self._seen.move_to_end(token)
+            while len(self._seen) > self.max_count:
+                self._seen.popitem(last=False)
+
+    def seen(self, token: bytes, now_ns: int) -> bool:
+        with self._lock:
+            received_ns = self._seen.get(token)
+            return received_ns is not None and now_ns - received_ns <= self.max_age_ns
+
+    def prune(self, now_ns: int) -> None:
+        with self._lock:
+            while self._seen:
+                token, received_ns = next(iter(self._seen.items()))
+                if now_ns - received_ns <= self.max_age_ns:
+                    break
+                del self._seen[token]
+
+    def snapshot(self) -> list[tuple[bytes, int]]:
+        with self._lock:
+            return list(self._seen.items())
+
+    def __len__(self) -> int:
+        return len(self._seen)
 
 
 class Spool:
-    """The spool directory: its write-ahead log, checkpoint and batch files."""
+    """The spool directory: its write-ahead log, checkpoint, batch files and recent tokens."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        max_bytes: int | None = None,
+        dedup_tokens: int = DEFAULT_DEDUP_TOKENS,
+        dedup_secs: float = DEFAULT_DEDUP_SECS,
+    ) -> None:
         self.path = path
         self.wal = WriteAheadLog(path / "wal")
         self.open_dir = path / "open"
         self.sealed_dir = path / "sealed"
         self._lock: IO[bytes] | None = None
         self.checkpoint = WalPosition(0, 0)
+        self.max_bytes = max_bytes
+        if max_bytes is not None:  # mapped log bytes wait for their segment's release: keep it small
+            self.wal.segment_bytes = max(MIN_SEGMENT_BYTES, min(SEGMENT_BYTES, max_bytes // SEGMENTS_PER_LIMIT))
+        self.tokens = _Tokens(dedup_tokens, dedup_secs)
+        self._in_flight: dict[bytes, asyncio.Future[WalPosition]] = {}
+        self.deduplicated = 0  # chunks acked again without being stored again
+        self._batch_bytes = 0
+        self.backpressure_since: float | None = None  # Unix time submit started refusing
+        self.on_backpressure: Callable[[float | None], None] | None = None
+        self._state = threading.Lock()  # backpressure starts and ends once (loop and pipeline thread)
 
     def open(self) -> tuple[list[BatchFile], list[BatchFile]]:
         """Lock, recover, and return the (open, sealed) batches found on disk."""
@@ -108,8 +207,10 @@ class Spool:
             raise SpoolLocked(f"spool.path {self.path} is in use by another securitylake-sink process") from None
         self.checkpoint = self._read_checkpoint()
         self.wal.open()
+        self._recover_tokens()
         opened = [self._recover(p, self.checkpoint) for p in sorted(self.open_dir.glob(f"*{SUFFIX}"))]
         sealed = [self._recover(p, None) for p in sorted(self.sealed_dir.glob(f"*{SUFFIX}"))]
+        self.refresh_batch_bytes()
         return [b for b in opened if b is not None], [b for b in sealed if b is not None]
 
     def _recover(self, path: Path, checkpoint: WalPosition | None) -> BatchFile | None:
@@ -120,9 +221,143 @@ class Spool:
             path.rename(path.with_suffix(".corrupt"))
             return None
 
+    # -- deduplication -------------------------------------------------------------------
+    def _recover_tokens(self) -> None:
+        """Rebuild recent tokens from the token file, then from every log segment on disk."""
+        if self.tokens.max_count <= 0:
+            return
+        path = self.path / TOKENS_FILE
+        try:
+            saved = msgpack.unpackb(path.read_bytes(), raw=False)
+            for token, received_ns in saved:
+                self.tokens.add(bytes(token), int(received_ns))
+        except FileNotFoundError:
+            pass
+        except (ValueError, TypeError, msgpack.UnpackException) as exc:
+            log.warning("ignored an unreadable token file", extra={"file": str(path), "reason": str(exc)})
+        for segment in self.wal.segments():
+            for _, _, payload in scan_records(self.wal.segment_path(segment).read_bytes()):
+                try:
+                    spooled = decode_chunk(payload)
+                except (SpoolCorrupt, ValueError, msgpack.UnpackException):
+                    continue  # the mapper reports damaged records
+                if spooled.token is not None:
+                    self.tokens.add(spooled.token, spooled.received_ns)
+        self.tokens.prune(time.time_ns())
+        if len(self.tokens):
+            log.info("recovered recent chunk tokens", extra={"tokens": len(self.tokens)})
+
+    def _write_tokens(self) -> None:
+        """Durably save the recent tokens (before the log segments holding them are deleted)."""
+        self.tokens.prune(time.time_ns())
+        path = self.path / TOKENS_FILE
+        tmp = path.with_suffix(".tmp-tokens")
+        with tmp.open("wb") as f:
+            f.write(msgpack.packb([[t, ns] for t, ns in self.tokens.snapshot()], use_bin_type=True))
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(path)
+        fsync_dir(self.path)
+
+    # -- intake --------------------------------------------------------------------------
     async def submit(self, chunk: Chunk) -> None:
-        """Make a chunk durable; returns once it is fsynced (the caller may ack then)."""
-        await self.wal.append(encode_chunk(chunk), chunk, weight=len(chunk.raw))
+        """Make a chunk durable; returns once it is fsynced (the caller may ack then).
+
+        A chunk whose token was made durable within the dedup window returns at once, stored
+        once. Raises ``Backpressure`` while the spool is at ``max_bytes``.
+        """
+        token = None if chunk.token is None or self.tokens.max_count <= 0 else token_bytes(chunk.token)
+        if token is not None:
+            if self.tokens.seen(token, time.time_ns()):
+                self.deduplicated += 1
+                log.debug("acked a resent chunk again without storing it", extra={"token": chunk.token})
+                return
+            earlier = self._in_flight.get(token)
+            if earlier is not None:  # the same chunk is being stored right now: share its result
+                await asyncio.shield(earlier)
+                self.deduplicated += 1
+                return
+        self._check_room()
+        if token is None:
+            await self.wal.append(encode_chunk(chunk), chunk, weight=len(chunk.raw))
+            return
+        # The append runs to its end even when this submit is cancelled (its connection closed):
+        # a record that became durable always has its token remembered.
+        append = asyncio.ensure_future(self.wal.append(encode_chunk(chunk), chunk, weight=len(chunk.raw)))
+        self._in_flight[token] = append
+        received_ns = chunk.received_ns or time.time_ns()
+
+        def remember(done: asyncio.Future[WalPosition]) -> None:
+            self._in_flight.pop(token, None)
+            if not done.cancelled() and done.exception() is None:
+                self.tokens.add(token, received_ns)
+
+        append.add_done_callback(remember)
+        await asyncio.shield(append)
+
+    # -- size and backpressure -----------------------------------------------------------
+    def disk_bytes(self) -> int:
+        """Bytes the spool holds on disk: log segments and batch files (a running figure)."""
+        return self.wal.disk_bytes() + self._batch_bytes
+
+    def refresh_batch_bytes(self) -> None:
+        """Recount the batch files (few and small in number); call after batches change."""
+        total = 0
+        for d in (self.open_dir, self.sealed_dir):
+            try:
+                entries = list(os.scandir(d))
+            except FileNotFoundError:
+                continue
+            for entry in entries:
+                try:
+                    total += entry.stat().st_size
+                except FileNotFoundError:
+                    continue
+        self._batch_bytes = total
+        self._check_drained()
+
+    def _full(self) -> bool:
+        return self.max_bytes is not None and self.disk_bytes() >= self.max_bytes
+
+    def _check_room(self) -> None:
+        if not self._full():
+            self._check_drained()
+            return
+        with self._state:
+            if self.backpressure_since is None:
+                self.backpressure_since = time.time()
+                log.warning(
+                    "the spool is full; intake is paused until it drains",
+                    extra={"disk_bytes": self.disk_bytes(), "max_bytes": self.max_bytes},
+                )
+                if self.on_backpressure is not None:
+                    self.on_backpressure(self.backpressure_since)
+        raise Backpressure(
+            f"the spool holds {self.disk_bytes()} bytes, at its limit spool.max_bytes={self.max_bytes}",
+            retry_after_secs=BACKPRESSURE_RETRY_SECS,
+        )
+
+    def _check_drained(self) -> None:
+        if self.backpressure_since is None:
+            return
+        with self._state:
+            since = self.backpressure_since
+            if since is None or self._full():
+                return
+            self.backpressure_since = None
+            log.info(
+                "the spool drained; intake resumed",
+                extra={"paused_secs": round(time.time() - since, 3), "disk_bytes": self.disk_bytes()},
+            )
+            if self.on_backpressure is not None:
+                self.on_backpressure(None)
+
+    def has_room(self) -> bool:
+        """Whether ``submit`` would take a chunk now (below ``max_bytes``)."""
+        full = self._full()
+        if not full:
+            self._check_drained()
+        return not full
 
     def _read_checkpoint(self) -> WalPosition:
         path = self.path / "checkpoint"
@@ -145,18 +380,9 @@ class Spool:
         tmp.replace(path)
         fsync_dir(self.path)
         self.checkpoint = position
+        if self.tokens.max_count > 0 and self.wal.releasable_before(position):
+            self._write_tokens()
         self.wal.release_before(position)
-
-    def disk_bytes(self) -> int:
-        """Bytes the spool holds on disk now (log and batches)."""
-        total = 0
-        for d in (self.wal.dir, self.open_dir, self.sealed_dir):
-            for p in d.iterdir():
-                try:
-                    total += p.stat().st_size
-                except FileNotFoundError:
-                    continue
-        return total
 
     def close(self) -> None:
         self.wal.close()

@@ -30,7 +30,7 @@ MAGIC = b"W1"
 HEADER = struct.Struct(">2sII")
 SEGMENT_BYTES = 64 * 1024 * 1024
 # Decoded chunks kept in memory for the mapper; past this it reads them back from disk.
-CACHE_BYTES = 32 * 1024 * 1024
+CACHE_BYTES = 64 * 1024 * 1024
 MAX_RECORD_BYTES = 1024 * 1024 * 1024
 
 
@@ -84,7 +84,7 @@ class WriteAheadLog:
         self._pending: list[tuple[bytes, Any, asyncio.Future[WalPosition]]] = []
         self._flusher: asyncio.Task[None] | None = None
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wal")
-        self._cache: deque[tuple[WalPosition, WalPosition, Any]] = deque()
+        self._cache: deque[tuple[WalPosition, WalPosition, Any, int]] = deque()  # start, end, chunk, weight
         self._cache_bytes = 0
         self.durable = asyncio.Event()  # set whenever new records become durable
         self.appended_bytes = 0
@@ -94,6 +94,8 @@ class WriteAheadLog:
         """Create the directory, cut a torn tail off the newest segment, start a new one."""
         self.dir.mkdir(parents=True, exist_ok=True)
         segments = self.segments()
+        for segment in segments[:-1]:
+            self._segment_sizes[segment] = self.segment_path(segment).stat().st_size
         if segments:
             last = segments[-1]
             path = self.segment_path(last)
@@ -161,17 +163,13 @@ class WriteAheadLog:
                 self._durable_end = spans[-1][1]
             for (start, end), (_, (decoded, weight), future) in zip(spans, group, strict=True):
                 if decoded is not None:
-                    self._cache.append((start, end, decoded))
+                    self._cache.append((start, end, decoded, weight))
                     self._cache_bytes += weight
                 if not future.done():
                     future.set_result(end)
             while self._cache_bytes > CACHE_BYTES and self._cache:
-                self._cache_bytes -= self._cache_weight(self._cache.popleft())
+                self._cache_bytes -= self._cache.popleft()[3]
             self.durable.set()
-
-    @staticmethod
-    def _cache_weight(item: tuple[WalPosition, WalPosition, Any]) -> int:
-        return item[1].offset - item[0].offset if item[1].segment == item[0].segment else 0
 
     def _write_group(self, payloads: list[bytes]) -> list[tuple[WalPosition, WalPosition]]:
         """Runs on the WAL thread: write, fsync, rotate. On error, cut back to the old end."""
@@ -212,10 +210,10 @@ class WriteAheadLog:
     def take_cached(self, cursor: WalPosition, limit: int) -> list[tuple[WalPosition, Any]]:
         """Decoded chunks that follow ``cursor`` contiguously, with their end positions."""
         while self._cache and self._cache[0][0] < cursor:
-            self._cache_bytes -= self._cache_weight(self._cache.popleft())
+            self._cache_bytes -= self._cache.popleft()[3]
         out: list[tuple[WalPosition, Any]] = []
         expected = cursor
-        for start, end, decoded in self._cache:
+        for start, end, decoded, _ in self._cache:
             if len(out) >= limit or not self._follows(expected, start):
                 break
             out.append((end, decoded))
@@ -254,11 +252,22 @@ class WriteAheadLog:
                 raise SpoolCorrupt(f"spool segment {path.name} is damaged at byte {last}")
         return out, end
 
+    def disk_bytes(self) -> int:
+        """Durable bytes of every segment on disk (from recorded sizes; no file system calls)."""
+        end = self._durable_end
+        closed = sum(size for segment, size in list(self._segment_sizes.items()) if segment != end.segment)
+        return closed + end.offset
+
+    def releasable_before(self, cursor: WalPosition) -> bool:
+        """Whether ``release_before(cursor)`` would delete a segment."""
+        return any(segment < cursor.segment and segment != self._segment for segment in self.segments())
+
     def release_before(self, cursor: WalPosition) -> None:
         """Delete the segments wholly before ``cursor``: their records are in batch files."""
         for segment in self.segments():
             if segment < cursor.segment and segment != self._segment:
                 self.segment_path(segment).unlink(missing_ok=True)
+                self._segment_sizes.pop(segment, None)
 
     def close(self) -> None:
         if self._fd is not None:
