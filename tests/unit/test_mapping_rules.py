@@ -86,7 +86,7 @@ def test_every_rule_has_at_least_five_realistic_mapped_fixtures_per_class(rule: 
     # GIVEN the expected events of a rule's fixtures
     expected = read_ndjson(FIXTURES / f"{rule}.expected.ndjson")
     events = [e for e in expected if "dead_letter" not in e]
-    # THEN at least five map, and together they cover every class the issue asks of the rule
+    # THEN at least five map, and together they cover every class the rule is documented to produce
     assert len(events) >= 5
     assert {e["class_uid"] for e in events} >= REQUIRED_CLASSES[rule]
     assert any("dead_letter" in e for e in expected), "an edge case the rule declines is part of the fixtures"

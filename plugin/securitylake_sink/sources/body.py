@@ -24,15 +24,19 @@ import math
 import re
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
 import cramjam
-import zstandard
 
 from securitylake_sink.errors import FrameTooLarge, ProtocolError
 from securitylake_sink.model import Chunk, Entry
-from securitylake_sink.sources.forward_codec import _entries as forward_entries
-from securitylake_sink.sources.forward_codec import new_unpacker
+from securitylake_sink.sources.forward_codec import (
+    Decompressor,
+    decompress_members,
+    forward_entries,
+    new_unpacker,
+    new_zstd,
+)
 
 # Content-Encoding values shippers send (pipeline-protocols §3, §4.1); "" and identity: none.
 ENCODINGS: Final = frozenset({"", "identity", "gzip", "x-gzip", "zstd", "deflate", "snappy"})
@@ -133,16 +137,6 @@ def detect_format(content_type: str, payload: bytes) -> str:
     return "msgpack"
 
 
-class _Decompressor(Protocol):
-    @property
-    def eof(self) -> bool: ...
-
-    @property
-    def unused_data(self) -> bytes: ...
-
-    def decompress(self, data: bytes, /) -> bytes: ...
-
-
 def decompress(raw: bytes, encoding: str, max_bytes: int) -> bytes:
     """The body after its Content-Encoding, at most ``max_bytes`` (else FrameTooLarge)."""
     encoding = encoding.strip().lower()
@@ -155,7 +149,7 @@ def decompress(raw: bytes, encoding: str, max_bytes: int) -> bytes:
         wbits = 15 if len(raw) >= 2 and (raw[0] & 0x0F) == 8 and int.from_bytes(raw[:2]) % 31 == 0 else -15
         payload = _members(raw, lambda: zlib.decompressobj(wbits=wbits), _ZLIB_STEP, max_bytes)
     elif encoding == "zstd":
-        payload = _members(raw, _new_zstd, _ZSTD_STEP, max_bytes)
+        payload = _members(raw, new_zstd, _ZSTD_STEP, max_bytes)
     elif encoding == "snappy":
         payload = _snappy(raw, max_bytes)
     else:
@@ -165,30 +159,9 @@ def decompress(raw: bytes, encoding: str, max_bytes: int) -> bytes:
     return payload
 
 
-def _new_zstd() -> _Decompressor:
-    decompressor: _Decompressor = zstandard.ZstdDecompressor().decompressobj()
-    return decompressor
-
-
-def _members(raw: bytes, new: Callable[[], _Decompressor], step: int, max_bytes: int) -> bytes:
-    """Concatenated gzip members or zstd frames (or one zlib stream) in bounded steps."""
-    out = bytearray()
-    pos = 0
-    try:
-        while pos < len(raw):  # one member or frame per pass
-            decompressor = new()
-            while not decompressor.eof:
-                if pos >= len(raw):
-                    raise ProtocolError("compressed body is truncated")
-                piece = raw[pos : pos + step]
-                pos += len(piece)
-                out += decompressor.decompress(piece)
-                if len(out) > max_bytes:
-                    raise FrameTooLarge("decompressed body over max_body_bytes")
-            pos -= len(decompressor.unused_data)
-    except (zlib.error, zstandard.ZstdError) as exc:
-        raise ProtocolError(f"compressed body is not valid: {exc}") from exc
-    return bytes(out)
+def _members(raw: bytes, new: Callable[[], Decompressor], step: int, max_bytes: int) -> bytes:
+    too_large = FrameTooLarge("decompressed body over max_body_bytes")
+    return decompress_members(raw, new, step, max_bytes, what="body", over=too_large)
 
 
 def _snappy(raw: bytes, max_bytes: int) -> bytes:
@@ -221,9 +194,7 @@ def decode_chunk(
     payload = decompress(raw, meta.get("content_encoding", ""), max_bytes)
     fmt = meta.get("format") or detect_format(meta.get("content_type", ""), payload)
     entries = decode_entries(payload, fmt, meta.get("shipper", "other"), meta.get("date_key", "date"))
-    return Chunk(
-        kind=kind, tag=tag, entries=entries, raw=raw, received_ns=received_ns, meta={**meta, "format": fmt}
-    )
+    return Chunk(kind=kind, tag=tag, entries=entries, raw=raw, received_ns=received_ns, meta={**meta, "format": fmt})
 
 
 def decode_spooled(kind: str, raw: bytes, received_ns: int, tag: str, meta: Mapping[str, str]) -> Chunk:

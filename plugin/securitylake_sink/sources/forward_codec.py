@@ -10,10 +10,14 @@ __all__ = [
     "MAX_ARRAY_LEN",
     "MAX_MAP_LEN",
     "MAX_READ_BYTES",
+    "Decompressor",
     "FrameReader",
     "decode_frame",
     "decode_spooled",
+    "decompress_members",
+    "forward_entries",
     "new_unpacker",
+    "new_zstd",
 ]
 
 import math
@@ -148,16 +152,16 @@ def decode_frame(
         raise ProtocolError("frame has too many items")
     options = _options(obj[options_at] if len(obj) > options_at else {})
     if isinstance(second, list):
-        entries = _entries(second)
+        entries = forward_entries(second)
     elif isinstance(second, bytes | str):
         packed = second if isinstance(second, bytes) else second.encode("utf-8", "surrogateescape")
         payload = _decompress(packed, options.get("compressed", "text"), max_decompressed_bytes)
-        entries = _entries(_unpack_all(payload))
+        entries = forward_entries(_unpack_all(payload))
     elif len(obj) < 3:
         raise ProtocolError("message frame has no record")
     else:
         # Fluent Bit's Message mode carries the record's metadata in the options (§1.4).
-        entries = _entries([[second, obj[2]]], options.get("metadata"))
+        entries = forward_entries([[second, obj[2]]], options.get("metadata"))
     return Chunk(
         kind=KIND,
         tag=tag,
@@ -188,9 +192,7 @@ def _mode_of(second: object) -> str:
         return "forward"
     if isinstance(second, bytes | str):
         return "packed_forward"
-    if isinstance(second, int | float | msgpack.ExtType | msgpack.Timestamp) and not isinstance(
-        second, bool
-    ):
+    if isinstance(second, int | float | msgpack.ExtType | msgpack.Timestamp) and not isinstance(second, bool):
         return "message"
     raise ProtocolError("unknown event mode")
 
@@ -227,9 +229,7 @@ def _meta(mode: str, options: Mapping[Any, Any]) -> dict[str, str]:
     return meta
 
 
-def _entries(
-    items: Iterable[object], metadata: Mapping[Any, Any] | None = None
-) -> tuple[Entry, ...]:
+def forward_entries(items: Iterable[object], metadata: Mapping[Any, Any] | None = None) -> tuple[Entry, ...]:
     """Decode ``[time, record]`` / ``[[time, metadata], record]`` items, skipping group markers."""
     entries: list[Entry] = []
     for item in items:
@@ -294,7 +294,9 @@ def _unpack_all(payload: bytes) -> list[object]:
     return items
 
 
-class _Decompressor(Protocol):
+class Decompressor(Protocol):
+    """What zlib's and zstandard's streaming decompressors have in common."""
+
     @property
     def eof(self) -> bool: ...
 
@@ -306,25 +308,32 @@ class _Decompressor(Protocol):
 
 def _decompress(payload: bytes, codec: str, max_bytes: int) -> bytes:
     if codec == "gzip":
-        return _decompress_members(payload, _new_gzip, _GZIP_STEP, max_bytes)
+        return decompress_members(payload, _new_gzip, _GZIP_STEP, max_bytes)
     if codec == "zstd":
-        return _decompress_members(payload, _new_zstd, _ZSTD_STEP, max_bytes)
+        return decompress_members(payload, new_zstd, _ZSTD_STEP, max_bytes)
     return payload  # "text": not compressed
 
 
-def _new_gzip() -> _Decompressor:
+def _new_gzip() -> Decompressor:
     return zlib.decompressobj(wbits=31)
 
 
-def _new_zstd() -> _Decompressor:
-    decompressor: _Decompressor = zstandard.ZstdDecompressor().decompressobj()
+def new_zstd() -> Decompressor:
+    decompressor: Decompressor = zstandard.ZstdDecompressor().decompressobj()
     return decompressor
 
 
-def _decompress_members(
-    payload: bytes, new: Callable[[], _Decompressor], step: int, max_bytes: int
+def decompress_members(
+    payload: bytes,
+    new: Callable[[], Decompressor],
+    step: int,
+    max_bytes: int,
+    *,
+    what: str = "payload",
+    over: ProtocolError | None = None,
 ) -> bytes:
-    """Decompress concatenated gzip members or zstd frames in bounded steps, up to max_bytes."""
+    """Decompress concatenated gzip members or zstd frames (or one zlib stream) in bounded
+    steps, up to max_bytes; ``over`` is raised past it (default: a ProtocolError)."""
     out = bytearray()
     pos = 0
     try:
@@ -332,13 +341,13 @@ def _decompress_members(
             decompressor = new()
             while not decompressor.eof:
                 if pos >= len(payload):
-                    raise ProtocolError("compressed payload is truncated")
+                    raise ProtocolError(f"compressed {what} is truncated")
                 piece = payload[pos : pos + step]
                 pos += len(piece)
                 out += decompressor.decompress(piece)
                 if len(out) > max_bytes:
-                    raise ProtocolError("decompressed size over the cap")
+                    raise over or ProtocolError("decompressed size over the cap")
             pos -= len(decompressor.unused_data)
     except (zlib.error, zstandard.ZstdError) as exc:
-        raise ProtocolError("compressed payload is not valid") from exc
+        raise ProtocolError(f"compressed {what} is not valid") from exc
     return bytes(out)
