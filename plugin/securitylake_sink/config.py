@@ -466,7 +466,19 @@ class MappingBinding(_Model):
 
 
 class DeadLetterConfig(_Model):
-    location: str | None = None  # file:// directory; default <spool.path>/dead_letter
+    location: str | None = None  # file:// directory or a local path; default <spool.path>/dead_letter
+
+    @field_validator("location")
+    @classmethod
+    def _local(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        scheme = value.split("://", 1)[0] if "://" in value else ""
+        if scheme and scheme != "file":
+            raise ValueError(f"must be a file:// directory or a local path, not {scheme}://, got {value!r}")
+        if scheme and not value.removeprefix("file://").startswith("/"):
+            raise ValueError(f"a file:// location must be an absolute path, got {value!r}")
+        return value
 
 
 class Config(_Model):

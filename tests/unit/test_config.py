@@ -1088,3 +1088,15 @@ def test_spool_max_bytes_defaults_to_a_tenth_of_free_disk_capped(tmp_path: Path)
     resolved = SpoolConfig(path=tmp_path / "not" / "yet" / "made").resolved_max_bytes()
     assert abs(resolved - expected) <= expected // 100
     assert SpoolConfig(path=tmp_path, max_bytes=5 * 1024 * 1024).resolved_max_bytes() == 5 * 1024 * 1024
+
+
+@pytest.mark.parametrize("location", ["s3://bucket/dead/", "file://relative/dir"])
+def test_dead_letter_location_must_be_local(location: str) -> None:
+    # GIVEN a dead-letter location that is not a local directory; THEN the option is named
+    issue = issue_at("dead_letter.location", config_yaml({"dead_letter": {"location": location}}))
+    assert location in issue.message
+
+
+def test_dead_letter_location_file_url_is_a_directory() -> None:
+    config = parse(config_yaml({"dead_letter": {"location": "file:///var/tmp/dead"}}))
+    assert str(config.dead_letter_path) == "/var/tmp/dead"
