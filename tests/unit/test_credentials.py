@@ -11,6 +11,7 @@ import pytest
 from botocore.stub import Stubber
 from pydantic import SecretStr
 
+from securitylake_sink import telemetry
 from securitylake_sink.config import SESSION_NAME, AuthConfig
 from securitylake_sink.errors import PermanentDelivery
 from securitylake_sink.lake import credentials
@@ -210,6 +211,8 @@ def test_assume_role_sends_session_name_and_duration() -> None:
     with stub:
         got = fetcher()
     assert got["access_key"] == "ASIAEXAMPLEASSUMED01"
+    # AND the metrics' credential expiry gauge now shows when these credentials expire
+    assert telemetry.credential_expiry() == pytest.approx(expires.timestamp())
     assert got["expiry_time"] == expires.isoformat()
 
 

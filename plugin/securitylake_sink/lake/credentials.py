@@ -34,6 +34,7 @@ from securitylake_sink.config import AuthConfig
 from securitylake_sink.errors import PermanentDelivery, SinkError
 from securitylake_sink.lake.retry import classify, error_code
 from securitylake_sink.lake.url import Destination
+from securitylake_sink.telemetry import set_credential_expiry
 
 if TYPE_CHECKING:
     from mypy_boto3_sts import STSClient
@@ -165,6 +166,7 @@ class RoleFetcher:
 
     def __call__(self) -> dict[str, str]:
         creds = self.assume()["Credentials"]
+        set_credential_expiry(creds["Expiration"].timestamp())
         return {
             "access_key": creds["AccessKeyId"],
             "secret_key": creds["SecretAccessKey"],
