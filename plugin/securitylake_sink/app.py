@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import random
 import signal
 import time
 from collections.abc import Callable
@@ -23,6 +22,7 @@ from securitylake_sink.config import Config, split_address
 from securitylake_sink.deadletter import DeadLetterWriter
 from securitylake_sink.encode.parquet import encode_parquet
 from securitylake_sink.errors import DeliveryError, PermanentDelivery, SpoolCorrupt
+from securitylake_sink.lake.retry import backoff_delay
 from securitylake_sink.lake.s3 import resolve_region
 from securitylake_sink.lake.store import ObjectStore, store_for
 from securitylake_sink.mapping.mapper import Mapper
@@ -274,7 +274,7 @@ class App:
                     permanent = isinstance(exc, PermanentDelivery)
                     self.counters.permanent_failures += permanent
                     self.counters.delivery_failing = str(exc) if permanent else None
-                    delay = min(RETRY_MAX_SECS, RETRY_BASE_SECS * 2 ** min(attempt, 10)) * random.uniform(0.5, 1.0)
+                    delay = backoff_delay(attempt, base_secs=RETRY_BASE_SECS, cap_secs=RETRY_MAX_SECS)
                     log.warning(
                         "could not store an object; it stays in the spool and is retried",
                         extra={

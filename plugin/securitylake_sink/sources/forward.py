@@ -60,8 +60,8 @@ class Handshake(Protocol):
 
     Runs on each new connection before the transport phase. It returns the bytes it read past
     the PING (at most ``MAX_READ_BYTES``; they are the start of the transport phase) or raises
-    ``ProtocolError`` after sending a failed PONG. Not implemented yet: without one, every
-    connection starts in the transport phase.
+    ``ProtocolError`` after sending a failed PONG (``handshake.SharedKeyHandshake``). Without
+    one, every connection starts in the transport phase.
     """
 
     async def __call__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str) -> bytes: ...
