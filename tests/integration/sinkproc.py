@@ -8,7 +8,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -20,6 +22,24 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def auth_records(ids: Iterable[int], now_ns: int) -> list[tuple[int, dict[str, Any]]]:
+    """(time, record) pairs: OCSF Authentication events whose ``metadata.uid`` is the id."""
+    return [
+        (
+            now_ns,
+            {
+                "class_uid": 3002,
+                "activity_id": 1,
+                "time": now_ns // 1_000_000,
+                "severity_id": 1,
+                "user": {"name": "x"},
+                "metadata": {"uid": str(i)},
+            },
+        )
+        for i in ids
+    ]
 
 
 def write_config(tmp: Path, port: int, *, extra: str = "", sources: str | None = None) -> Path:

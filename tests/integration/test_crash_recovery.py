@@ -12,7 +12,7 @@ import duckdb
 
 from securitylake_sink.errors import ProtocolError
 from securitylake_sink.forward_client import ForwardClient
-from tests.integration.sinkproc import SinkProcess, free_port, read_lake, write_config
+from tests.integration.sinkproc import SinkProcess, auth_records, free_port, read_lake, write_config
 
 CHUNK = 200
 
@@ -26,23 +26,7 @@ def _send_until_killed(port: int, start: int, stop_at: int) -> tuple[list[int], 
             while next_id < stop_at:
                 ids = range(next_id, min(next_id + CHUNK, stop_at))
                 now = time.time_ns()
-                client.send(
-                    "crash.test",
-                    [
-                        (
-                            now,
-                            {
-                                "class_uid": 3002,
-                                "activity_id": 1,
-                                "time": now // 1_000_000,
-                                "severity_id": 1,
-                                "user": {"name": "x"},
-                                "metadata": {"uid": str(i)},
-                            },
-                        )
-                        for i in ids
-                    ],
-                )
+                client.send("crash.test", auth_records(ids, now))
                 acked.extend(ids)
                 next_id = ids.stop
     except (OSError, ProtocolError):
@@ -92,21 +76,7 @@ KILL_AFTER_SECS = (0.5, 2.5)  # a kill comes at a random moment in this range af
 
 def _scale_chunk(index: int, base_ns: int) -> list[tuple[int, dict[str, object]]]:
     """Chunk ``index``: the same records (hence the same token) every time it is sent."""
-    now = base_ns + index
-    return [
-        (
-            now,
-            {
-                "class_uid": 3002,
-                "activity_id": 1,
-                "time": now // 1_000_000,
-                "severity_id": 1,
-                "user": {"name": "x"},
-                "metadata": {"uid": str(i)},
-            },
-        )
-        for i in range(index * SCALE_CHUNK, (index + 1) * SCALE_CHUNK)
-    ]
+    return auth_records(range(index * SCALE_CHUNK, (index + 1) * SCALE_CHUNK), base_ns + index)
 
 
 def _send_chunks(port: int, first: int, stop_at: int, base_ns: int) -> int:
@@ -153,10 +123,14 @@ def test_200k_acked_records_survive_repeated_kill_9_exactly_once(tmp_path: Path)
 
     # THEN every acked record is in the lake exactly once
     lake = tmp_path / "lake"
-    row = duckdb.connect().execute(
-        f"SELECT count(*), count(DISTINCT metadata.uid), min(metadata.uid::BIGINT), max(metadata.uid::BIGINT) "
-        f"FROM read_parquet('{lake}/**/*.parquet', hive_partitioning = 1)"
-    ).fetchone()
+    row = (
+        duckdb.connect()
+        .execute(
+            f"SELECT count(*), count(DISTINCT metadata.uid), min(metadata.uid::BIGINT), max(metadata.uid::BIGINT) "
+            f"FROM read_parquet('{lake}/**/*.parquet', hive_partitioning = 1)"
+        )
+        .fetchone()
+    )
     assert row is not None
     total, distinct, lowest, highest = row
     elapsed = time.monotonic() - started

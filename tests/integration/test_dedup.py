@@ -8,26 +8,13 @@ from collections import Counter
 from pathlib import Path
 
 from securitylake_sink.forward_client import ForwardClient
-from tests.integration.sinkproc import SinkProcess, free_port, read_lake, write_config
+from tests.integration.sinkproc import SinkProcess, auth_records, free_port, read_lake, write_config
 
 RECORDS = 50
 
 
 def _records(now: int) -> list[tuple[int, dict[str, object]]]:
-    return [
-        (
-            now,
-            {
-                "class_uid": 3002,
-                "activity_id": 1,
-                "time": now // 1_000_000,
-                "severity_id": 1,
-                "user": {"name": "x"},
-                "metadata": {"uid": str(i)},
-            },
-        )
-        for i in range(RECORDS)
-    ]
+    return auth_records(range(RECORDS), now)
 
 
 def _send(port: int, records: list[tuple[int, dict[str, object]]]) -> None:

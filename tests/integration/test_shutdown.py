@@ -9,7 +9,7 @@ from collections import Counter
 from pathlib import Path
 
 from securitylake_sink.forward_client import ForwardClient
-from tests.integration.sinkproc import SinkProcess, free_port, read_lake, write_config
+from tests.integration.sinkproc import SinkProcess, auth_records, free_port, read_lake, write_config
 
 RECORDS = 100
 SHUTDOWN_TIMEOUT_SECS = 2
@@ -20,23 +20,7 @@ PROMPT_EXIT_SECS = 3.0  # a second signal ends the process within this
 def _send(port: int) -> None:
     now = time.time_ns()
     with ForwardClient("127.0.0.1", port, timeout=10) as client:
-        client.send(
-            "shutdown.test",
-            [
-                (
-                    now,
-                    {
-                        "class_uid": 3002,
-                        "activity_id": 1,
-                        "time": now // 1_000_000,
-                        "severity_id": 1,
-                        "user": {"name": "x"},
-                        "metadata": {"uid": str(i)},
-                    },
-                )
-                for i in range(RECORDS)
-            ],
-        )
+        client.send("shutdown.test", auth_records(range(RECORDS), now))
 
 
 def _blocked_sink(tmp_path: Path, timeout_secs: float) -> tuple[SinkProcess, Path, int]:
