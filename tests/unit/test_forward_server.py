@@ -14,6 +14,7 @@ import pytest
 from securitylake_sink.errors import Backpressure, SinkError
 from securitylake_sink.model import Chunk
 from securitylake_sink.sources.forward import ForwardServer, decode_spooled
+from tests.unit.fake_sinks import GatedSink, RecordingSink
 
 TIMEOUT = 5.0
 
@@ -64,28 +65,6 @@ def with_chunk_id(chunk_id: str) -> bytes:
     """["t", [[1700000000, {"n": 1}]], {"chunk": chunk_id}]"""
     packed: bytes = msgpack.packb(["t", [[1_700_000_000, {"n": 1}]], {"chunk": chunk_id}])
     return packed
-
-
-class RecordingSink:
-    def __init__(self) -> None:
-        self.chunks: list[Chunk] = []
-
-    async def submit(self, chunk: Chunk) -> None:
-        self.chunks.append(chunk)
-
-
-class GatedSink(RecordingSink):
-    """Holds every submit until ``release`` is set, like a slow fsync."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.entered = asyncio.Event()
-        self.release = asyncio.Event()
-
-    async def submit(self, chunk: Chunk) -> None:
-        self.entered.set()
-        await self.release.wait()
-        self.chunks.append(chunk)
 
 
 class FailingSink:

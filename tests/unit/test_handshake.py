@@ -14,7 +14,6 @@ import pytest
 
 from securitylake_sink.config import parse_config
 from securitylake_sink.errors import ConfigError
-from securitylake_sink.model import Chunk
 from securitylake_sink.sources.forward import ForwardServer
 from securitylake_sink.sources.handshake import (
     INVALID_PING,
@@ -27,6 +26,7 @@ from securitylake_sink.sources.handshake import (
     ping_digest,
     pong_digest,
 )
+from tests.unit.fake_sinks import RecordingSink
 
 TIMEOUT = 5.0
 KEY = "secret"
@@ -63,14 +63,6 @@ def test_published_digest_vectors(digest: Callable[..., str], parts: tuple[bytes
 
 
 # -- a loopback server and a hand-written client ------------------------------------------------
-class RecordingSink:
-    def __init__(self) -> None:
-        self.chunks: list[Chunk] = []
-
-    async def submit(self, chunk: Chunk) -> None:
-        self.chunks.append(chunk)
-
-
 class Peer:
     """One client connection speaking msgpack, read one object at a time."""
 

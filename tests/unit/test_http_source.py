@@ -26,6 +26,7 @@ from securitylake_sink.sources import decode_spooled
 from securitylake_sink.sources.body import parse_time_ns
 from securitylake_sink.sources.http import Credentials, HttpServer
 from securitylake_sink.spool import decode_chunk, encode_chunk
+from tests.unit.fake_sinks import GatedSink, RecordingSink
 
 TIMEOUT = 5.0
 FLUENT_BIT = {"User-Agent": "Fluent-Bit"}
@@ -106,28 +107,6 @@ def vector_body(codec: str) -> tuple[bytes, str]:
 
 
 # --- fakes and the server -----------------------------------------------------------------
-
-
-class RecordingSink:
-    def __init__(self) -> None:
-        self.chunks: list[Chunk] = []
-
-    async def submit(self, chunk: Chunk) -> None:
-        self.chunks.append(chunk)
-
-
-class GatedSink(RecordingSink):
-    """Holds every submit until ``release`` is set, like a slow fsync."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.entered = asyncio.Event()
-        self.release = asyncio.Event()
-
-    async def submit(self, chunk: Chunk) -> None:
-        self.entered.set()
-        await self.release.wait()
-        self.chunks.append(chunk)
 
 
 class RaisingSink:

@@ -17,11 +17,11 @@ import trustme
 
 from securitylake_sink.config import Config, parse_config
 from securitylake_sink.errors import ConfigError
-from securitylake_sink.model import Chunk
 from securitylake_sink.plan import resolve_plan
 from securitylake_sink.sources.forward import ForwardServer
 from securitylake_sink.sources.handshake import SharedKeyHandshake, ping_digest
 from securitylake_sink.sources.tls import context_for
+from tests.unit.fake_sinks import RecordingSink
 
 TIMEOUT = 5.0
 # ["app", [[1700000000, {"msg": "hi"}]], {"chunk": "tls-1"}]
@@ -62,14 +62,6 @@ def config(tls: str, forward: str = "") -> Config:
         'destination: {url: "file:///tmp/lake", region: eu-west-1, sources: [{class_uid: "*", location: ext/a/}]}\n'
         f"listen: {{forward: {{tls: {tls}{forward}}}}}\n"
     )
-
-
-class RecordingSink:
-    def __init__(self) -> None:
-        self.chunks: list[Chunk] = []
-
-    async def submit(self, chunk: Chunk) -> None:
-        self.chunks.append(chunk)
 
 
 @pytest.fixture
