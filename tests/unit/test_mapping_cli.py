@@ -146,5 +146,6 @@ def test_the_batcher_cuts_a_mapped_batch_by_event_hour(tmp_path: Path) -> None:
     hours = {key[2]: batch.rows for key, batch in batcher.open.items()}
     first = base // H
     assert hours == {first: 2, first + 1: 2, first + 2: 2}
+    batcher.sync()
     table = next(b for k, b in batcher.open.items() if k[2] == first + 1).read_table(schema.arrow_schema(0))
     assert isinstance(table, pa.Table) and sorted(table.column("message").to_pylist()) == ["2", "5"]

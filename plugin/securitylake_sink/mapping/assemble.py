@@ -3,13 +3,15 @@ path: assigned paths take their arrays, everything else is null of its fixed typ
 
 from __future__ import annotations
 
-__all__ = ["AttrPath", "assemble", "constant", "nulls", "prefixes_of", "struct_of", "type_at"]
+__all__ = ["AttrPath", "assemble", "constant", "prefixes_of", "struct_of", "type_at"]
 
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+
+from securitylake_sink.columnar import nulls
 
 AttrPath = tuple[str, ...]
 
@@ -25,17 +27,6 @@ def type_at(t: pa.DataType | pa.Schema, path: AttrPath) -> pa.DataType | None:
             return None
         current = current.field(index).type
     return None if isinstance(current, pa.Schema) else current
-
-
-_NULLS: dict[pa.DataType, pa.Array] = {}
-
-
-def nulls(t: pa.DataType, n: int) -> pa.Array:
-    """An all-null array of ``t``: a slice of a cached one (big nested types are slow to make)."""
-    cached = _NULLS.get(t)
-    if cached is None or len(cached) < n:
-        cached = _NULLS[t] = pa.nulls(max(n, 2 * len(cached) if cached is not None else 1024), t)
-    return cached.slice(0, n)
 
 
 _CONSTANTS: dict[tuple[pa.DataType, str], pa.Array] = {}
@@ -92,3 +83,4 @@ def assemble(schema: pa.Schema, values: Mapping[AttrPath, pa.Array], n: int) -> 
     inner = prefixes_of(values)
     columns = [_column(f.type, (f.name,), values, inner, n) for f in schema]
     return pa.RecordBatch.from_arrays(columns, schema=schema)
+

@@ -13,6 +13,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from securitylake_sink.columnar import nulls, pruned_type, widen
 from securitylake_sink.errors import MappingError, SchemaError
 from securitylake_sink.mapping.engine import PRODUCT, ClassRows, Outcome
 from securitylake_sink.ocsf.conform import conform_event, to_epoch_ms
@@ -70,6 +71,19 @@ def _event(record: Mapping[str, Any], fallback_ms: int, schema: OcsfSchema) -> t
     return class_uid, conform_event(event, schema.arrow_schema(class_uid))
 
 
+def _to_batch(events: list[dict[str, Any]], arrow_schema: pa.Schema) -> pa.RecordBatch:
+    """Conformed events as a record batch of the class: converted with only the fields they hold,
+    then widened to the full schema."""
+    pruned = pruned_type(pa.struct(list(arrow_schema)), events)
+    narrow = pa.array(events, type=pruned) if pruned.num_fields else None
+    columns = [
+        widen(narrow.field(f.name), f.type) if narrow is not None and pruned.get_field_index(f.name) >= 0
+        else nulls(f.type, len(events))
+        for f in arrow_schema
+    ]
+    return pa.RecordBatch.from_arrays(columns, schema=arrow_schema)
+
+
 def map_ocsf(records: Sequence[Mapping[str, Any]], ref_ms: Sequence[int], schema: OcsfSchema) -> Outcome:
     """OCSF records → one batch per class (validated); the rest failed with their reason."""
     outcome = Outcome()
@@ -86,7 +100,7 @@ def map_ocsf(records: Sequence[Mapping[str, Any]], ref_ms: Sequence[int], schema
     for class_uid, (unsorted_rows, unsorted) in by_class.items():
         order = sorted(range(len(unsorted)), key=lambda i: unsorted[i]["time"])  # the batcher cuts hours
         rows, events = [unsorted_rows[i] for i in order], [unsorted[i] for i in order]
-        batch = pa.RecordBatch.from_pylist(events, schema=schema.arrow_schema(class_uid))
+        batch = _to_batch(events, schema.arrow_schema(class_uid))
         verdict = validate(batch, schema, class_uid)
         for index, reason in verdict.reasons.items():
             outcome.failed[rows[index]] = reason

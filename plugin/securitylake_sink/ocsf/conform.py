@@ -10,7 +10,7 @@ __all__ = ["conform_event", "flatten", "to_epoch_ms"]
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -126,44 +126,112 @@ def _scalar(value: Any, arrow_type: pa.DataType, path: str) -> Any:  # noqa: PLR
     raise MappingError(f"{path}: no rule to cast into {arrow_type}")
 
 
-def _value(value: Any, arrow_type: pa.DataType, path: str, unmapped: dict[str, str]) -> Any:
-    if value is None:
-        return None
+# A converter casts one value to its column's Python form. ``parent`` and ``name`` give the
+# dotted path lazily (built only for errors and nested objects); unknown keys go to ``unmapped``.
+Convert = Callable[[Any, str, str, dict[str, str]], Any]
+
+
+def _join(parent: str, name: str) -> str:
+    return f"{parent}.{name}" if parent else name
+
+
+def _compile(arrow_type: pa.DataType, name: str) -> Convert:  # noqa: C901 (one converter per type)
+    """The converter of a column of ``arrow_type`` whose attribute is called ``name``."""
     if pa.types.is_struct(arrow_type):
-        if not isinstance(value, Mapping):
-            raise MappingError(f"{path}: expected an object, got {type(value).__name__}")
-        return _struct(value, arrow_type, path, unmapped)
+        return _compile_struct(arrow_type)
     if pa.types.is_list(arrow_type):
-        items = value if isinstance(value, list | tuple) else [value]
-        return [_value(item, arrow_type.value_type, f"{path}.{i}", unmapped) for i, item in enumerate(items)]
+        item_convert = _compile(arrow_type.value_type, name)
+
+        def convert_list(value: Any, parent: str, key: str, unmapped: dict[str, str]) -> Any:
+            if value is None:
+                return None
+            path = _join(parent, key)
+            items = value if isinstance(value, list | tuple) else [value]
+            return [item_convert(item, path, str(i), unmapped) for i, item in enumerate(items)]
+
+        return convert_list
     if pa.types.is_map(arrow_type):
-        flat: dict[str, str] = {}
-        flatten(value, "", flat)
-        return list(flat.items())
-    return _scalar(value, arrow_type, path)
+
+        def convert_map(value: Any, parent: str, key: str, unmapped: dict[str, str]) -> Any:
+            if value is None:
+                return None
+            flat: dict[str, str] = {}
+            flatten(value, "", flat)
+            return list(flat.items())
+
+        return convert_map
+    if pa.types.is_string(arrow_type):
+
+        def convert_string(value: Any, parent: str, key: str, unmapped: dict[str, str]) -> Any:
+            if type(value) is str and (value.isascii() or not _has_surrogates(value)):
+                return value
+            if value is None:
+                return None
+            return _scalar(value, arrow_type, _join(parent, key))
+
+        return convert_string
+    if pa.types.is_int32(arrow_type) or (pa.types.is_int64(arrow_type) and not _is_time(name)):
+        low, high = (-MAX_INT32 - 1, MAX_INT32) if pa.types.is_int32(arrow_type) else (-MAX_INT64 - 1, MAX_INT64)
+
+        def convert_int(value: Any, parent: str, key: str, unmapped: dict[str, str]) -> Any:
+            if type(value) is int and low <= value <= high:
+                return value
+            if value is None:
+                return None
+            return _scalar(value, arrow_type, _join(parent, key))
+
+        return convert_int
+
+    def convert_other(value: Any, parent: str, key: str, unmapped: dict[str, str]) -> Any:
+        return None if value is None else _scalar(value, arrow_type, _join(parent, key))
+
+    return convert_other
 
 
-def _struct(value: Mapping[str, Any], arrow_type: pa.StructType, path: str, unmapped: dict[str, str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, item in value.items():
-        index = arrow_type.get_field_index(key) if isinstance(key, str) else -1
-        child = f"{path}.{key}" if path else str(key)
-        if index < 0:
-            flatten(item, child, unmapped)
-            continue
-        out[key] = _value(item, arrow_type.field(index).type, child, unmapped)
-    return out
+def _is_time(name: str) -> bool:
+    return name == "time" or name.endswith("_time")
+
+
+def _compile_struct(arrow_type: pa.StructType) -> Convert:
+    fields = {f.name: _compile(f.type, f.name) for f in arrow_type}
+
+    def convert_struct(value: Any, parent: str, key: str, unmapped: dict[str, str]) -> Any:
+        if value is None:
+            return None
+        path = _join(parent, key)
+        if type(value) is not dict and not isinstance(value, Mapping):
+            raise MappingError(f"{path}: expected an object, got {type(value).__name__}")
+        out: dict[str, Any] = {}
+        for child, item in value.items():
+            convert = fields.get(child)  # keys that are not strings are never fields
+            if convert is None:
+                flatten(item, _join(path, str(child)), unmapped)
+                continue
+            out[child] = convert(item, path, child, unmapped)
+        return out
+
+    return convert_struct
+
+
+_CONVERTERS: dict[int, tuple[pa.Schema, Convert]] = {}
+
+
+def _converter(schema: pa.Schema) -> Convert:
+    """The compiled converter of a class schema (kept for the life of the schema object)."""
+    cached = _CONVERTERS.get(id(schema))
+    if cached is None or cached[0] is not schema:
+        cached = _CONVERTERS[id(schema)] = (schema, _compile_struct(pa.struct(list(schema))))
+    return cached[1]
 
 
 def conform_event(event: Mapping[str, Any], schema: pa.Schema) -> dict[str, Any]:
     """The event with every known attribute cast to its column type and the rest in ``unmapped``."""
-    struct_type = pa.struct(list(schema))
     unmapped: dict[str, str] = {}
     given = event.get("unmapped")
     if given is not None:
         flatten(given, "", unmapped)
     body = {k: v for k, v in event.items() if k != "unmapped"}
-    out = _struct(body, struct_type, "", unmapped)
+    out: dict[str, Any] = _converter(schema)(body, "", "", unmapped)
     if unmapped:
         out["unmapped"] = list(unmapped.items())
     return out

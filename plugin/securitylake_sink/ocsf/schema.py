@@ -140,7 +140,7 @@ def _int_enum(attr: Mapping[str, Any]) -> EnumInfo | None:
 class OcsfSchema:
     """One compiled OCSF version (the legacy export layout of ocsf-schema-compiler -l)."""
 
-    __slots__ = ("_arrow", "_by_uid", "_infos", "_objects", "_struct_cache", "_types", "version")
+    __slots__ = ("_arrow", "_by_uid", "_enums", "_infos", "_objects", "_struct_cache", "_types", "version")
 
     def __init__(self, raw: Mapping[str, Any]) -> None:
         self.version: str = str(raw["version"])
@@ -153,6 +153,7 @@ class OcsfSchema:
         self._infos: dict[int, ClassInfo] = {}
         self._arrow: dict[int, pa.Schema] = {}
         self._struct_cache: dict[tuple[str, int], pa.DataType | None] = {}
+        self._enums: dict[tuple[int, str], EnumInfo | None] = {}
 
     def __repr__(self) -> str:
         return f"OcsfSchema(version={self.version!r}, classes={len(self._by_uid)})"
@@ -214,6 +215,12 @@ class OcsfSchema:
         """The integer enum at ``dotted_path`` in the class (e.g. ``"severity_id"``,
         ``"actor.user.type_id"``); None when that attribute has no integer enum.
         SchemaError when the class or any segment of the path does not exist."""
+        key = (class_uid, dotted_path)
+        if key not in self._enums:
+            self._enums[key] = self._find_enum(class_uid, dotted_path)
+        return self._enums[key]
+
+    def _find_enum(self, class_uid: int, dotted_path: str) -> EnumInfo | None:
         attrs: Mapping[str, Mapping[str, Any]] = self._class_raw(class_uid)["attributes"]
         *parents, leaf = dotted_path.split(".")
         for i, part in enumerate(parents):

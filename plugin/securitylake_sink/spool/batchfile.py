@@ -1,7 +1,8 @@
 """Batch files: the mapped OCSF rows of one (location, class, event hour), on disk until stored.
 
-A file is a JSON header record followed by frames, each an Arrow record batch in the class
-schema tagged with the write-ahead-log position of the chunk it came from. All records use the
+A file is a JSON header record followed by frames, each an Arrow record batch of the class
+pruned to the columns that hold values (an IPC stream: schema, then batch; LZ4 buffers) and
+tagged with the write-ahead-log position of the chunk it came from. All records use the
 write-ahead log's framing (magic, length, crc32), so a torn tail is found the same way.
 """
 
@@ -17,7 +18,9 @@ from pathlib import Path
 from typing import BinaryIO
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
+from securitylake_sink.columnar import prune_batch, union_type, widen_batch
 from securitylake_sink.errors import SpoolCorrupt
 from securitylake_sink.spool.wal import WalPosition, encode_record, fsync_dir, scan_records
 
@@ -92,7 +95,7 @@ class BatchFile:
         payload = FRAME_POS.pack(position.segment, position.offset) + _serialize(batch)
         self._file.write(encode_record(payload))
         self.rows += batch.num_rows
-        self.bytes += batch.nbytes
+        self.bytes += ROWS.unpack_from(payload, FRAME_POS.size)[1]
         self._dirty = True
 
     def sync(self) -> None:
@@ -118,7 +121,8 @@ class BatchFile:
         self.path = target
 
     def read_table(self, schema: pa.Schema) -> pa.Table:
-        """Every frame as one table in ``schema``; a bad frame inside the file is corruption."""
+        """Every frame as one table in ``schema``, rows sorted by ``time``; a bad frame inside
+        the file is corruption. Rows are sorted while pruned, then widened (see columnar.py)."""
         data = self.path.read_bytes()
         batches = []
         end = 0
@@ -126,19 +130,33 @@ class BatchFile:
             end = frame_end
             if index == 0:
                 continue
-            message = pa.ipc.read_message(pa.py_buffer(payload)[FRAME_POS.size + ROWS.size :])
-            batches.append(pa.ipc.read_record_batch(message, schema))
+            batches.append(_deserialize(pa.py_buffer(payload)[FRAME_POS.size + ROWS.size :], schema))
         if end != len(data):
             raise SpoolCorrupt(f"batch file {self.path.name} is damaged at byte {end}")
-        return pa.Table.from_batches(batches, schema=schema)
+        if not batches:
+            return schema.empty_table()
+        union = union_type(pa.struct(list(schema)), [pa.struct(list(b.schema)) for b in batches])
+        narrow = pa.schema(list(union)) if isinstance(union, pa.StructType) else schema
+        table = pa.concat_tables([widen_batch(b, narrow) for b in batches])
+        if "time" in narrow.names and table.num_rows > 1:
+            table = table.take(pc.sort_indices(table.column("time")))
+        return widen_batch(table, schema)
 
 
 def _serialize(batch: pa.RecordBatch) -> bytes:
-    """One record-batch IPC message, its buffers LZ4-compressed: the full class schema is mostly
-    null columns, which the plain form writes out in full (about 100 times larger)."""
+    """One frame: the batch pruned to the columns that hold values (see columnar.py), as an Arrow
+    IPC stream (its schema, then the batch) with LZ4-compressed buffers."""
+    pruned = prune_batch(batch)
     sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, batch.schema, options=IPC_OPTIONS) as writer:
-        writer.write_batch(batch)
-    messages = pa.ipc.MessageReader.open_stream(sink.getvalue())
-    messages.read_next_message()  # the schema: known from the header, not stored per frame
-    return ROWS.pack(batch.num_rows, batch.nbytes) + bytes(messages.read_next_message().serialize().to_pybytes())
+    with pa.ipc.new_stream(sink, pruned.schema, options=IPC_OPTIONS) as writer:
+        writer.write_batch(pruned)
+    return ROWS.pack(pruned.num_rows, pruned.nbytes) + bytes(sink.getvalue().to_pybytes())
+
+
+def _deserialize(buffer: pa.Buffer, schema: pa.Schema) -> pa.RecordBatch:
+    """A frame's batch: a pruned IPC stream, or (files of earlier versions) one record-batch
+    message in the full class ``schema``."""
+    message = pa.ipc.read_message(buffer)
+    if message.type == "schema":
+        return pa.ipc.open_stream(buffer).read_next_batch()
+    return pa.ipc.read_record_batch(message, schema)

@@ -1,0 +1,156 @@
+"""Arrow helpers for the wide class schemas (hundreds of mostly-null leaf columns): cached
+all-null arrays, pruning a batch to the columns that hold values, and widening it back.
+
+A batch of a class schema is kept and moved around pruned (batch files, sorting) and widened
+to the full schema only when an object is written, with all-null columns as slices of one
+cached array each, which share their buffers.
+"""
+
+from __future__ import annotations
+
+__all__ = ["nulls", "prune", "prune_batch", "pruned_type", "union_type", "widen", "widen_batch"]
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+_NULLS: dict[pa.DataType, pa.Array] = {}
+
+
+def nulls(t: pa.DataType, n: int) -> pa.Array:
+    """An all-null array of ``t``: a slice of a cached one (big nested types are slow to make)."""
+    cached = _NULLS.get(t)
+    if cached is None or len(cached) < n:
+        cached = _NULLS[t] = pa.nulls(max(n, 2 * len(cached) if cached is not None else 1024), t)
+    return cached.slice(0, n)
+
+
+def pruned_type(t: pa.StructType, rows: Sequence[Mapping[str, Any]]) -> pa.StructType:
+    """``t`` cut down to the fields some row of ``rows`` (dicts in ``t``'s shape) holds.
+
+    Converting rows with the pruned type and then widening is far cheaper than converting with
+    a class's full type, whose absent leaves would each take a null per row.
+    """
+    present: dict[str, list[Any]] = {}
+    for row in rows:
+        for key, value in row.items():
+            if value is not None:
+                present.setdefault(key, []).append(value)
+    fields = []
+    for f in t:
+        values = present.get(f.name)
+        if values is None:
+            continue
+        ft = f.type
+        if pa.types.is_struct(ft):
+            ft = pruned_type(ft, [v for v in values if isinstance(v, Mapping)])
+        elif pa.types.is_list(ft) and pa.types.is_struct(ft.value_type):
+            items = [item for v in values if isinstance(v, list) for item in v if isinstance(item, Mapping)]
+            ft = pa.list_(pa.field(ft.value_field.name, pruned_type(ft.value_type, items)))
+        fields.append(pa.field(f.name, ft, nullable=f.nullable))
+    return pa.struct(fields)
+
+
+def prune(array: pa.Array) -> pa.Array | None:
+    """``array`` without the struct fields (at any depth) that are null on every row; None when
+    the whole array is null."""
+    n = len(array)
+    if array.null_count == n:
+        return None
+    t = array.type
+    if pa.types.is_struct(t):
+        assert isinstance(array, pa.StructArray)
+        # Children may hold values under null parents (builders fill them in): flatten merges
+        # the parent's validity in, so only what is visible counts.
+        given = array.flatten() if array.null_count else [array.field(i) for i in range(t.num_fields)]
+        children, fields = [], []
+        for i in range(t.num_fields):
+            child = prune(given[i])
+            if child is not None:
+                children.append(child)
+                fields.append(pa.field(t.field(i).name, child.type, nullable=t.field(i).nullable))
+        mask = pc.is_null(array) if array.null_count else None
+        if not children:  # present but empty objects: keep one field so the rows stay non-null
+            return pa.StructArray.from_arrays([nulls(t.field(0).type, n)], fields=[t.field(0)], mask=mask)
+        return pa.StructArray.from_arrays(children, fields=fields, mask=mask)
+    if pa.types.is_list(t) and pa.types.is_struct(t.value_type):
+        assert isinstance(array, pa.ListArray)
+        offsets, items = _list_parts(array)
+        values = prune(items)
+        if values is None:
+            values = items
+        mask = pc.is_null(array) if array.null_count else None
+        return pa.ListArray.from_arrays(offsets, values, mask=mask)
+    return array
+
+
+def _list_parts(array: pa.ListArray) -> tuple[pa.Array, pa.Array]:
+    """The offsets (from 0) and the values of just the rows of ``array``, a slice or not."""
+    offsets = array.offsets
+    start = offsets[0].as_py() if len(offsets) else 0
+    if array.offset == 0 and start == 0:
+        return offsets, array.values
+    end = offsets[-1].as_py()
+    return pc.subtract(offsets, pa.scalar(start, offsets.type)), array.values.slice(start, end - start)
+
+
+def prune_batch(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """``batch`` with only its columns (and struct fields, at any depth) that hold a value."""
+    columns, fields = [], []
+    for f, column in zip(batch.schema, batch.columns, strict=True):
+        pruned = prune(column)
+        if pruned is not None:
+            columns.append(pruned)
+            fields.append(pa.field(f.name, pruned.type, nullable=f.nullable))
+    if not columns:  # keep the row count
+        return pa.RecordBatch.from_arrays([nulls(pa.null(), batch.num_rows)], names=[batch.schema.field(0).name])
+    return pa.RecordBatch.from_arrays(columns, schema=pa.schema(fields))
+
+
+def widen(array: pa.Array, t: pa.DataType) -> pa.Array:
+    """``array``, whose type is a pruning of ``t``, as ``t``: the fields it lacks all null."""
+    if array.type == t:
+        return array
+    if pa.types.is_null(array.type):
+        return nulls(t, len(array))
+    mask = pc.is_null(array) if array.null_count else None
+    if pa.types.is_struct(t):
+        assert isinstance(array, pa.StructArray)
+        given = {array.type.field(i).name: i for i in range(array.type.num_fields)}
+        n = len(array)
+        children = [widen(array.field(given[f.name]), f.type) if f.name in given else nulls(f.type, n) for f in t]
+        return pa.StructArray.from_arrays(children, fields=list(t), mask=mask)
+    if pa.types.is_list(t):
+        assert isinstance(array, pa.ListArray)
+        offsets, items = _list_parts(array)
+        return pa.ListArray.from_arrays(offsets, widen(items, t.value_type), type=t, mask=mask)
+    return array.cast(t)
+
+
+def widen_batch(batch: pa.RecordBatch | pa.Table, schema: pa.Schema) -> pa.Table:
+    """A pruned batch or table as a table in ``schema``, absent columns all null."""
+    table = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
+    n = table.num_rows
+    names = set(table.schema.names)
+    columns = [widen(table.column(f.name).combine_chunks(), f.type) if f.name in names else nulls(f.type, n)
+               for f in schema]
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def union_type(full: pa.DataType, types: Iterable[pa.DataType]) -> pa.DataType:
+    """The pruning of ``full`` that holds every field any of ``types`` (prunings of it) holds."""
+    types = [t for t in types if not pa.types.is_null(t)]
+    if not types:
+        return pa.null()
+    if pa.types.is_struct(full):
+        fields = []
+        for f in full:
+            present = [t.field(t.get_field_index(f.name)).type for t in types if t.get_field_index(f.name) >= 0]
+            if present:
+                fields.append(pa.field(f.name, union_type(f.type, present), nullable=f.nullable))
+        return pa.struct(fields)
+    if pa.types.is_list(full) and pa.types.is_struct(full.value_type):
+        return pa.list_(union_type(full.value_type, [t.value_type for t in types]))
+    return full

@@ -1,0 +1,122 @@
+"""Pruning a class-wide batch to the columns that hold values and widening it back."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from securitylake_sink.columnar import nulls, prune_batch, pruned_type, union_type, widen_batch
+from securitylake_sink.ocsf.conform import conform_event
+from securitylake_sink.ocsf.schema import load_schema
+from securitylake_sink.spool.batchfile import FRAME_POS, ROWS, BatchFile, BatchHeader
+from securitylake_sink.spool.wal import WalPosition, encode_record
+
+SCHEMA = load_schema("1.1.0")
+HTTP = SCHEMA.arrow_schema(4002)
+
+
+def _events() -> list[dict[str, object]]:
+    return [
+        {
+            "time": 1_700_000_000_000 + i,
+            "class_uid": 4002,
+            "activity_id": 1,
+            "http_request": {"http_method": "GET", "url": {"path": f"/p{i}"}} if i % 3 else None,
+            "http_response": {"code": 200 + i},
+            # lists of objects, an empty object and a null inside a list
+            "observables": [{"name": "a", "type_id": 1}, None] if i == 1 else None,
+            "metadata": {} if i == 2 else {"version": "1.1.0", "product": {"name": "x"}},
+        }
+        for i in range(5)
+    ]
+
+
+def _full_batch() -> pa.RecordBatch:
+    return pa.RecordBatch.from_pylist([conform_event(e, HTTP) for e in _events()], schema=HTTP)
+
+
+def test_prune_then_widen_gives_back_the_same_rows() -> None:
+    batch = _full_batch()
+    pruned = prune_batch(batch)
+    assert len(pruned.schema) < 10 < len(HTTP)
+    assert "actor" not in pruned.schema.names
+    request = pruned.schema.field("http_request").type
+    assert {f.name for f in request} == {"http_method", "url"}
+    assert widen_batch(pruned, HTTP).to_pylist() == pa.Table.from_batches([batch]).to_pylist()
+
+
+def test_prune_keeps_a_slice_exact() -> None:
+    batch = _full_batch().slice(1, 3)
+    assert widen_batch(prune_batch(batch), HTTP).to_pylist() == batch.to_pylist()
+
+
+def test_pruned_type_holds_exactly_the_fields_rows_hold() -> None:
+    rows = [conform_event(e, HTTP) for e in _events()]
+    t = pruned_type(pa.struct(list(HTTP)), rows)
+    array = pa.array(rows, type=t)
+    full = widen_batch(pa.RecordBatch.from_struct_array(array), HTTP)
+    assert full.to_pylist() == pa.Table.from_batches([_full_batch()]).to_pylist()
+
+
+def test_union_of_prunings_takes_every_field_of_each() -> None:
+    full = pa.struct(list(HTTP))
+    one = pa.struct(list(prune_batch(_full_batch().slice(0, 1)).schema))
+    two = pa.struct(list(prune_batch(_full_batch().slice(1, 1)).schema))
+    union = union_type(full, [one, two])
+    assert isinstance(union, pa.StructType)
+    names = {f.name for f in union}
+    assert names == {f.name for f in one} | {f.name for f in two}
+    assert [f.name for f in union] == [f.name for f in full if f.name in names]  # class order kept
+
+
+def test_nulls_are_slices_of_one_cached_array() -> None:
+    t = HTTP.field("actor").type
+    first, second = nulls(t, 10), nulls(t, 5)
+    assert first.null_count == 10 and second.null_count == 5
+    assert first.buffers()[0] is None or first.buffers()[0].address == second.buffers()[0].address
+
+
+def _header() -> BatchHeader:
+    return BatchHeader("b1", 4002, "1.1.0", "ext/http/", 472_222, "key.parquet", 0)
+
+
+def test_batch_file_round_trips_pruned_frames_sorted_by_time(tmp_path: Path) -> None:
+    batch = _full_batch()
+    file = BatchFile.create(tmp_path, _header())
+    file.append(batch.slice(3, 2), WalPosition(1, 10))
+    file.append(batch.slice(0, 3), WalPosition(1, 20))
+    file.close()
+    assert file.bytes < batch.nbytes / 10  # what is accounted is the pruned size
+    table = BatchFile.open(tmp_path / "b1.batch").read_table(HTTP)
+    assert table.schema == HTTP
+    assert table.to_pylist() == pa.Table.from_batches([batch]).to_pylist()
+
+
+def test_batch_file_reads_frames_of_the_full_width_form(tmp_path: Path) -> None:
+    """Files written before frames were pruned hold one record-batch message in the class schema."""
+    batch = _full_batch()
+    file = BatchFile.create(tmp_path, _header())
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, HTTP) as writer:
+        writer.write_batch(batch.slice(2, 3))
+    messages = pa.ipc.MessageReader.open_stream(sink.getvalue())
+    messages.read_next_message()
+    old = ROWS.pack(3, batch.slice(2, 3).nbytes) + messages.read_next_message().serialize().to_pybytes()
+    with file.path.open("ab") as f:
+        f.write(encode_record(FRAME_POS.pack(1, 5) + old))
+    file.append(batch.slice(0, 2), WalPosition(1, 9))
+    file.close()
+    reopened = BatchFile.open(file.path)
+    assert reopened.rows == 5
+    assert reopened.read_table(HTTP).to_pylist() == pa.Table.from_batches([batch]).to_pylist()
+
+
+@pytest.mark.parametrize("class_uid", [3002, 6003, 2004])
+def test_an_all_null_but_time_batch_round_trips(class_uid: int) -> None:
+    schema = SCHEMA.arrow_schema(class_uid)
+    batch = pa.RecordBatch.from_pylist([{"time": 1}, {"time": 2}], schema=schema)
+    pruned = prune_batch(batch)
+    assert pruned.schema.names == ["time"]
+    assert widen_batch(pruned, schema).to_pylist() == batch.to_pylist()
