@@ -33,22 +33,22 @@ def pruned_type(t: pa.StructType, rows: Sequence[Mapping[str, Any]]) -> pa.Struc
     Converting rows with the pruned type and then widening is far cheaper than converting with
     a class's full type, whose absent leaves would each take a null per row.
     """
-    present: dict[str, list[Any]] = {}
-    for row in rows:
-        for key, value in row.items():
-            if value is not None:
-                present.setdefault(key, []).append(value)
+    keys: set[str] = set().union(*rows)
     fields = []
     for f in t:
-        values = present.get(f.name)
-        if values is None:
+        if f.name not in keys:
             continue
         ft = f.type
-        if pa.types.is_struct(ft):
-            ft = pruned_type(ft, [v for v in values if isinstance(v, Mapping)])
-        elif pa.types.is_list(ft) and pa.types.is_struct(ft.value_type):
-            items = [item for v in values if isinstance(v, list) for item in v if isinstance(item, Mapping)]
-            ft = pa.list_(pa.field(ft.value_field.name, pruned_type(ft.value_type, items)))
+        if pa.types.is_struct(ft) or pa.types.is_list(ft):
+            name = f.name
+            values = [v for row in rows if (v := row.get(name)) is not None]
+            if not values:
+                continue
+            if pa.types.is_struct(ft):
+                ft = pruned_type(ft, [v for v in values if isinstance(v, Mapping)])
+            elif pa.types.is_struct(ft.value_type):
+                items = [item for v in values if isinstance(v, list) for item in v if isinstance(item, Mapping)]
+                ft = pa.list_(pa.field(ft.value_field.name, pruned_type(ft.value_type, items)))
         fields.append(pa.field(f.name, ft, nullable=f.nullable))
     return pa.struct(fields)
 

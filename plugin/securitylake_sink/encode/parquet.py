@@ -29,7 +29,8 @@ def encode_parquet(table: pa.Table) -> bytes:
     if table.num_rows > 1 and not _sorted(table.column("time")):
         table = table.take(pc.sort_indices(table, sort_keys=[("time", "ascending")]))
     # Arrow size is an upper bound of the compressed size, so this keeps row groups in bounds.
-    per_row = max(1, table.nbytes // max(1, table.num_rows))
+    # All-null columns share buffers (columnar.nulls): count each buffer once.
+    per_row = max(1, table.get_total_buffer_size() // max(1, table.num_rows))
     rows_per_group = max(1, min(table.num_rows or 1, ROW_GROUP_BYTES // per_row))
     sink = pa.BufferOutputStream()
     pq.write_table(

@@ -13,7 +13,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from securitylake_sink.columnar import nulls, pruned_type, widen
+from securitylake_sink.columnar import nulls, prune_batch, pruned_type, widen, widen_batch
 from securitylake_sink.errors import MappingError, SchemaError
 from securitylake_sink.mapping.engine import PRODUCT, ClassRows, Outcome
 from securitylake_sink.ocsf.conform import conform_event, to_epoch_ms
@@ -104,8 +104,13 @@ def map_ocsf(records: Sequence[Mapping[str, Any]], ref_ms: Sequence[int], schema
         verdict = validate(batch, schema, class_uid)
         for index, reason in verdict.reasons.items():
             outcome.failed[rows[index]] = reason
-        good = pc.invert(verdict.bad)
-        if pc.any(good).as_py():
-            picked = pa.array(rows, pa.int64()).filter(good)
-            outcome.mapped.append(ClassRows(class_uid, batch.filter(good), picked))
+        picked = pa.array(rows, pa.int64())
+        if verdict.reasons:
+            good = pc.invert(verdict.bad)
+            if not pc.any(good).as_py():
+                continue
+            # filtering the few columns that hold values beats filtering every struct of the class
+            narrow = prune_batch(batch).filter(good)
+            batch, picked = widen_batch(narrow, batch.schema).to_batches()[0], picked.filter(good)
+        outcome.mapped.append(ClassRows(class_uid, batch, picked))
     return outcome

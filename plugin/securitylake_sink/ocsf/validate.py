@@ -121,7 +121,9 @@ class _Checker:
         if pa.types.is_struct(t) and attr.get("type") == "object_t":
             valid = pc.is_valid(column) if column.null_count else None
             inner = valid if present is None else (present if valid is None else pc.and_(present, valid))
-            children = {t.field(i).name: pc.struct_field(column, [i]) for i in range(t.num_fields)}
+            # flatten merges the struct's validity into its children, as struct_field would, in one call
+            given = column.flatten() if column.null_count else [column.field(i) for i in range(t.num_fields)]
+            children = {t.field(i).name: given[i] for i in range(t.num_fields)}
             name = str(attr.get("object_type", ""))
             self.walk(children, object_attributes(self.schema, name), rows, inner, where)
             self.constraints(children, object_constraints(self.schema, name), rows, inner, where)

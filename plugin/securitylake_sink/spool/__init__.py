@@ -278,12 +278,13 @@ class Spool:
                 self.deduplicated += 1
                 return
         self._check_room()
+        weight = len(chunk.raw) * DECODED_EXPANSION  # what the cached decoded chunk takes in memory
         if token is None:
-            await self.wal.append(encode_chunk(chunk), chunk, weight=len(chunk.raw))
+            await self.wal.append(encode_chunk(chunk), chunk, weight=weight)
             return
         # The append runs to its end even when this submit is cancelled (its connection closed):
         # a record that became durable always has its token remembered.
-        append = asyncio.ensure_future(self.wal.append(encode_chunk(chunk), chunk, weight=len(chunk.raw)))
+        append = asyncio.ensure_future(self.wal.append(encode_chunk(chunk), chunk, weight=weight))
         self._in_flight[token] = append
         received_ns = chunk.received_ns or time.time_ns()
 

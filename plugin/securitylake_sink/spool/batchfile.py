@@ -138,9 +138,20 @@ class BatchFile:
         union = union_type(pa.struct(list(schema)), [pa.struct(list(b.schema)) for b in batches])
         narrow = pa.schema(list(union)) if isinstance(union, pa.StructType) else schema
         table = pa.concat_tables([widen_batch(b, narrow) for b in batches])
-        if "time" in narrow.names and table.num_rows > 1:
+        batches.clear()
+        if "time" in narrow.names and not _ascending(table.column("time")):
             table = table.take(pc.sort_indices(table.column("time")))
         return widen_batch(table, schema)
+
+
+def _ascending(times: pa.ChunkedArray) -> bool:
+    """Whether ``times`` is ascending already (frames of live traffic usually are): no copy then."""
+    flat = times.combine_chunks()
+    if len(flat) < 2:
+        return True
+    if flat.null_count:
+        return False
+    return bool(pc.all(pc.greater_equal(flat[1:], flat[:-1])).as_py())
 
 
 def _serialize(batch: pa.RecordBatch) -> bytes:
