@@ -130,12 +130,17 @@ def widen(array: pa.Array, t: pa.DataType) -> pa.Array:
 
 
 def widen_batch(batch: pa.RecordBatch | pa.Table, schema: pa.Schema) -> pa.Table:
-    """A pruned batch or table as a table in ``schema``, absent columns all null."""
+    """A pruned batch or table as a table in ``schema``, absent columns all null; no copy of the
+    columns it holds (chunks are widened one by one)."""
     table = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
     n = table.num_rows
     names = set(table.schema.names)
-    columns = [widen(table.column(f.name).combine_chunks(), f.type) if f.name in names else nulls(f.type, n)
-               for f in schema]
+    columns = [
+        pa.chunked_array([widen(chunk, f.type) for chunk in table.column(f.name).chunks], type=f.type)
+        if f.name in names
+        else nulls(f.type, n)
+        for f in schema
+    ]
     return pa.Table.from_arrays(columns, schema=schema)
 
 
