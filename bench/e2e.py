@@ -3,8 +3,11 @@ real ``securitylake-sink run`` process with a ``file://`` lake; prints records/s
 byte to the last object written, sink CPU seconds per million records, peak RSS, ack latency and
 bytes on the wire against bytes of Parquet, and writes them as JSON.
 
-    .venv/bin/python bench/e2e.py [--records 200000] [--chunk 1000] [--mix ocsf|sshd|mixed] [--json out.json]
+    .venv/bin/python bench/e2e.py [--records 200000] [--chunk 1000] [--mix MIX] [--rate R] [--json out.json]
     .venv/bin/python bench/e2e.py --smoke     # a few thousand records; checks counts only
+
+MIX is one of bench/records.py's mixes (default ``mixed``); ``--rate`` paces the sender to that
+many records per second. ``bench/run.py`` runs this for every mix, with the other measurements.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ import argparse
 import json
 import multiprocessing as mp
 import os
+import queue
+import shutil
 import signal
 import socket
 import statistics
@@ -20,140 +25,178 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import msgpack
 import pyarrow.parquet as pq
 
-from securitylake_sink.forward_client import ForwardClient
+from frames import pack_frames, send_frames
+from records import MAPPINGS, MIXES, generate
 
 BIN = Path(sys.executable).parent / "securitylake-sink"
-SYSLOG = "Nov 28 10:{m:02d}:{s:02d} bastion-1 sshd[{pid}]: "
-SSHD = [
-    SYSLOG + "Accepted publickey for deploy from 192.0.2.{h} port {p} ssh2",
-    SYSLOG + "Failed password for invalid user admin from 203.0.113.{h} port {p} ssh2",
-    SYSLOG + "Failed password for root from 198.51.100.{h} port {p} ssh2",
-]
+DEFAULT_CHUNK = 1000
 
 
-def _record(kind: str, i: int, now_ms: int) -> tuple[str, dict[str, Any]]:
-    if kind == "ocsf" or (kind == "mixed" and i % 2 == 0):
-        return "ocsf.auth", {
-            "class_uid": 3002,
-            "activity_id": 1,
-            "severity_id": 1,
-            "time": now_ms,
-            "status_id": 1 + i % 2,
-            "user": {"name": f"user{i % 97}"},
-            "src_endpoint": {"ip": f"192.0.2.{i % 250}", "port": 1024 + i % 60000},
-            "dst_endpoint": {"hostname": "bastion-1"},
-            "metadata": {"uid": str(i), "product": {"name": "bench", "vendor_name": "example"}},
-        }
-    # pid = i keeps every chunk distinct: identical chunks share a token and are stored once
-    line = SSHD[i % 3].format(m=i % 60, s=(i // 60) % 60, pid=1000 + i, h=1 + i % 250, p=1024 + i % 60000)
-    return "host.sshd", {"log": line}
+def sink_config(tmp: Path, port: int) -> Path:
+    """A file-lake config under ``tmp`` (lake/, spool/) listening on ``port``, every bench tag
+    bound to its built-in rule; one source location for every class."""
+    mappings = "".join(f"  - {{match: {tag!r}, rule: {rule}}}\n" for tag, rule in MAPPINGS)
+    path = tmp / "config.yaml"
+    path.write_text(
+        f"""destination:
+  url: "file://{tmp / "lake"}"
+  region: us-east-1
+  account_id: "111122223333"
+  sources: [{{class_uid: "*", location: "ext/bench/"}}]
+listen:
+  forward: {{address: "127.0.0.1:{port}"}}
+  metrics: {{enabled: false}}
+spool: {{path: "{tmp / "spool"}"}}
+mappings:
+{mappings}"""
+    )
+    return path
 
 
-def _generate(port: int, records: int, chunk: int, kind: str, out: Any) -> None:
-    """Runs in its own process: send everything with acks, report latencies and wire bytes."""
-    now_ms = int(time.time() * 1000)
-    wire = 0
-    with ForwardClient("127.0.0.1", port, timeout=120) as client:
-        for start in range(0, records, chunk):
-            batch = [_record(kind, i, now_ms) for i in range(start, min(start + chunk, records))]
-            by_tag: dict[str, list[tuple[int, dict[str, Any]]]] = {}
-            for tag, record in batch:
-                by_tag.setdefault(tag, []).append((now_ms * 1_000_000, record))
-            for tag, items in by_tag.items():
-                wire += len(msgpack.packb(items))
-                client.send(tag, items)
-        out.put({"latencies_ns": client.latencies_ns, "wire_bytes": wire})
-
-
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
-def run(records: int, chunk: int, kind: str) -> dict[str, Any]:
-    tmp = Path(tempfile.mkdtemp(prefix="slsink-bench-"))
-    port = _free_port()
-    config = tmp / "config.yaml"
-    config.write_text(
-        f"""destination:
-  url: "file://{tmp / "lake"}"
-  region: us-east-1
-  sources: [{{class_uid: 3002, location: "ext/auth/"}}]
-listen:
-  forward: {{address: "127.0.0.1:{port}"}}
-  metrics: {{enabled: false}}
-spool: {{path: "{tmp / "spool"}"}}
-mappings: [{{match: "host.sshd", rule: sshd}}]
-"""
-    )
-    log = (tmp / "sink.log").open("wb")
-    sink = subprocess.Popen([str(BIN), "run", "-c", str(config), "--log-level", "warning"], stdout=log, stderr=log)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+def start_sink(tmp: Path, port: int) -> subprocess.Popen[bytes]:
+    """Start the sink on ``sink_config(tmp, port)`` and wait until it accepts connections."""
+    config = sink_config(tmp, port)
+    with (tmp / "sink.log").open("wb") as log:
+        sink = subprocess.Popen([str(BIN), "run", "-c", str(config), "--log-level", "warning"], stdout=log, stderr=log)
+    deadline = time.monotonic() + 60
+    while True:
         try:
             socket.create_connection(("127.0.0.1", port), 0.2).close()
-            break
+            return sink
         except OSError:
+            if sink.poll() is not None or time.monotonic() > deadline:
+                sink.kill()
+                raise RuntimeError(f"the sink did not start: {(tmp / 'sink.log').read_text()[-2000:]}") from None
             time.sleep(0.05)
-    queue: Any = mp.get_context("spawn").Queue()
-    generator = mp.get_context("spawn").Process(target=_generate, args=(port, records, chunk, kind, queue))
-    started = time.perf_counter()
-    generator.start()
-    result = queue.get(timeout=3600)
-    generator.join()
-    acked = time.perf_counter()
+
+
+def stop_sink(sink: subprocess.Popen[bytes]) -> tuple[int, float, float]:
+    """SIGTERM (the sink flushes every open batch) and wait: (exit code, CPU seconds, peak RSS MB)."""
     sink.send_signal(signal.SIGTERM)
     _, status, usage = os.wait4(sink.pid, 0)
-    finished = time.perf_counter()
+    sink.returncode = os.waitstatus_to_exitcode(status)
+    return sink.returncode, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
+
+
+def lake_figures(tmp: Path) -> dict[str, Any]:
+    """Rows, objects, Parquet bytes and the last object's write time in ``tmp/lake``; dead letters."""
     objects = list((tmp / "lake").rglob("*.parquet"))
-    rows = sum(pq.ParquetFile(p).metadata.num_rows for p in objects)
-    parquet_bytes = sum(p.stat().st_size for p in objects)
-    dead = sum(1 for p in (tmp / "spool" / "dead_letter").glob("*.ndjson") for _ in p.open())
-    lat = sorted(n / 1e6 for n in result["latencies_ns"])
-    cpu = usage.ru_utime + usage.ru_stime
+    dead_dir = tmp / "spool" / "dead_letter"
     return {
-        "records": records,
-        "chunk": chunk,
-        "mix": kind,
-        "rows_in_lake": rows,
-        "dead_letters": dead,
+        "rows_in_lake": sum(pq.ParquetFile(p).metadata.num_rows for p in objects),
+        "dead_letters": sum(1 for p in dead_dir.glob("*.ndjson") for _ in p.open()),
         "objects": len(objects),
-        "exit_status": os.waitstatus_to_exitcode(status),
-        "seconds_to_last_ack": round(acked - started, 2),
-        "seconds_to_last_object": round(finished - started, 2),
-        "records_per_sec": round(records / (finished - started)),
+        "parquet_bytes": sum(p.stat().st_size for p in objects),
+        "last_object_at": max((p.stat().st_mtime for p in objects), default=0.0),
+    }
+
+
+@dataclass(frozen=True)
+class Load:
+    """What the generator sends: ``records`` of ``mix`` in chunks, paced to ``rate`` when given."""
+
+    port: int
+    mix: str
+    records: int
+    chunk: int
+    start_ms: int
+    rate: float | None
+
+
+def _generate(load: Load, out: Any) -> None:
+    """Runs in its own process: build every frame first, then send them all with acks."""
+    try:
+        frames = pack_frames(generate(load.mix, load.records, load.start_ms), load.chunk)
+        out.put(asdict(send_frames(load.port, frames, load.rate)))
+    except Exception as exc:  # reported to the parent, which fails the run
+        out.put({"error": repr(exc)})
+
+
+def _wait_for(generator: Any, results: Any) -> dict[str, Any]:
+    while True:
+        try:
+            result: dict[str, Any] = results.get(timeout=1)
+            break
+        except queue.Empty:
+            if not generator.is_alive():
+                raise RuntimeError("the generator process died") from None
+    generator.join()
+    if "error" in result:
+        raise RuntimeError(f"the generator failed: {result['error']}")
+    return result
+
+
+def run(mix: str, records: int, chunk: int = DEFAULT_CHUNK, *, start_ms: int | None = None,
+        rate: float | None = None) -> dict[str, Any]:
+    """One sink run of ``records`` records of ``mix``; the figures as a flat dict."""
+    start_ms = start_ms if start_ms is not None else int(time.time() * 1000)
+    tmp = Path(tempfile.mkdtemp(prefix="slsink-bench-"))
+    port = free_port()
+    sink = start_sink(tmp, port)
+    try:
+        ctx = mp.get_context("spawn")
+        results: Any = ctx.Queue()
+        generator = ctx.Process(target=_generate, args=(Load(port, mix, records, chunk, start_ms, rate), results))
+        generator.start()
+        sent = _wait_for(generator, results)
+    except BaseException:
+        sink.kill()
+        sink.wait()
+        raise
+    code, cpu, rss = stop_sink(sink)
+    lake = lake_figures(tmp)
+    if code == 0:
+        shutil.rmtree(tmp)  # kept when the sink failed, for its log
+    lat = sorted(n / 1e6 for n in sent["latencies_ns"])
+    first = sent["first_byte"]
+    to_last_object = max(lake.pop("last_object_at"), sent["last_ack"]) - first
+    return {
+        "mix": mix,
+        "records": sent["records"],
+        "chunk": chunk,
+        "paced_records_per_sec": rate,
+        **lake,
+        "counts_ok": lake["rows_in_lake"] + lake["dead_letters"] == sent["records"] == records and code == 0,
+        "exit_status": code,
+        "seconds_to_last_ack": round(sent["last_ack"] - first, 2),
+        "seconds_to_last_object": round(to_last_object, 2),
+        "records_per_sec": round(records / to_last_object) if to_last_object > 0 else 0,
         "sink_cpu_secs_per_million": round(cpu / records * 1e6, 2),
-        "sink_peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
+        "sink_peak_rss_mb": round(rss, 1),
         "ack_p50_ms": round(statistics.median(lat), 2),
-        "ack_p99_ms": round(lat[int(len(lat) * 0.99) - 1], 2),
-        "wire_bytes": result["wire_bytes"],
-        "parquet_bytes": parquet_bytes,
-        "parquet_over_wire": round(parquet_bytes / result["wire_bytes"], 3),
+        "ack_p99_ms": round(lat[max(0, int(len(lat) * 0.99) - 1)], 2),
+        "wire_bytes": sent["wire_bytes"],
+        "parquet_over_wire": round(lake["parquet_bytes"] / sent["wire_bytes"], 3),
     }
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--records", type=int, default=200_000)
-    parser.add_argument("--chunk", type=int, default=1000)
-    parser.add_argument("--mix", choices=["ocsf", "sshd", "mixed"], default="mixed")
+    parser.add_argument("--chunk", type=int, default=DEFAULT_CHUNK)
+    parser.add_argument("--mix", choices=sorted(MIXES), default="mixed")
+    parser.add_argument("--rate", type=float, help="pace the sender to this many records per second")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--smoke", action="store_true", help="a few thousand records; exit 1 unless counts match")
     args = parser.parse_args()
-    figures = run(3000 if args.smoke else args.records, 500 if args.smoke else args.chunk, args.mix)
+    figures = run(args.mix, 3000 if args.smoke else args.records, 500 if args.smoke else args.chunk, rate=args.rate)
     for key, value in figures.items():
         print(f"{key:28} {value}")
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2))
-    ok = figures["rows_in_lake"] + figures["dead_letters"] == figures["records"] and figures["exit_status"] == 0
-    return 0 if ok else 1
+    return 0 if figures["counts_ok"] else 1
 
 
 if __name__ == "__main__":

@@ -1,18 +1,59 @@
-"""The benchmark harness runs in smoke mode so it cannot rot; it checks counts, never timings."""
+"""The benchmark suite runs in smoke mode so it cannot rot; it checks counts and outputs, never timings."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "e2e.py"
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+SMOKE_RECORDS = 3000
+
+
+def test_bench_smoke_mode_accounts_for_every_record_in_every_part(tmp_path: Path) -> None:
+    # GIVEN the one benchmark command in smoke mode
+    figures_path = tmp_path / "figures.json"
+    # WHEN it runs every part: three mixes end to end, a paced run, the stages, the floor
+    result = subprocess.run(
+        [sys.executable, str(BENCH / "run.py"), "--smoke", "--json", str(figures_path)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    # THEN it passes its own checks and prints the table with the machine and the command
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "checks: all passed" in result.stdout
+    assert "machine: " in result.stdout and "command: " in result.stdout
+    figures = json.loads(figures_path.read_text())
+    # AND every record sent to a sink landed as a row or a dead letter, in every end-to-end run
+    runs = [*figures["e2e"].values(), figures["paced"]]
+    assert sorted(figures["e2e"]) == ["mixed", "preparsed", "raw"]
+    for run in runs:
+        assert run["exit_status"] == 0
+        assert run["records"] == SMOKE_RECORDS
+        assert run["rows_in_lake"] + run["dead_letters"] == SMOKE_RECORDS
+        assert run["rows_in_lake"] > 0 and run["objects"] > 0
+    # AND the mixed records map to several classes: the stages decode, map, validate and encode them
+    stages = figures["stages"]
+    assert stages["decode"]["records"] == SMOKE_RECORDS
+    assert stages["map"]["mapped"] + stages["map"]["dead_letters"] == SMOKE_RECORDS
+    assert stages["validate"]["records"] == stages["map"]["mapped"] > 0
+    assert stages["encode"]["objects"] >= 3 and stages["encode"]["parquet_bytes"] > 0
+    assert figures["floor"]["records"] == SMOKE_RECORDS
+    assert figures["floor"]["parquet"]["parquet_bytes"] > 0
+    assert stages["map_rules"] and all(rule["mapped"] > 0 for rule in stages["map_rules"].values())
+    # AND the Fluent Bit part is skipped in smoke mode, and says so
+    assert "skipped" in figures["fluent_bit"]
 
 
 def test_e2e_bench_smoke_mode_lands_every_record() -> None:
+    # GIVEN the end-to-end harness on its own, WHEN it runs in smoke mode
     result = subprocess.run(
-        [sys.executable, str(BENCH), "--smoke"], check=False, capture_output=True, text=True, timeout=300
+        [sys.executable, str(BENCH / "e2e.py"), "--smoke"], check=False, capture_output=True, text=True, timeout=300
     )
+    # THEN every record is a row or a dead letter
     assert result.returncode == 0, result.stdout + result.stderr
     figures = dict(line.split(None, 1) for line in result.stdout.splitlines() if line.strip())
-    assert int(figures["rows_in_lake"]) + int(figures["dead_letters"]) == int(figures["records"]) == 3000
+    assert int(figures["rows_in_lake"]) + int(figures["dead_letters"]) == int(figures["records"]) == SMOKE_RECORDS

@@ -1,0 +1,128 @@
+"""The benchmark's report: the machine it ran on (from /proc) and the figures of one run as a table."""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+
+def _proc_field(path: str, name: str) -> str | None:
+    try:
+        for line in Path(path).read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == name:
+                return value.strip()
+    except OSError:
+        return None
+    return None
+
+
+def machine() -> dict[str, Any]:
+    """CPU model, cores, RAM and load: figures on a shared machine are read against these."""
+    mem_kb = (_proc_field("/proc/meminfo", "MemTotal") or "0 kB").split()[0]
+    try:
+        load = Path("/proc/loadavg").read_text().split()[:3]
+    except OSError:
+        load = []
+    return {
+        "cpu": _proc_field("/proc/cpuinfo", "model name") or platform.processor() or "unknown",
+        "cores": os.cpu_count(),
+        "ram_gib": round(int(mem_kb) / 1024 / 1024, 1),
+        "load_avg_at_start": " ".join(load),
+        "os": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "pyarrow": pa.__version__,
+    }
+
+
+def _num(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.2f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def _rows(header: list[str], rows: list[list[Any]]) -> list[str]:
+    """Aligned columns: the first and a ``notes`` column to the left, figures to the right."""
+    cells = [header, *[[_num(v) for v in row] for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    left = {0} | {i for i, name in enumerate(header) if name == "notes"}
+    lines = [
+        "  ".join(c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
+        for row in cells
+    ]
+    return [line.rstrip() for line in (lines[0], "  ".join("-" * w for w in widths), *lines[1:])]
+
+
+def _e2e_row(name: str, f: dict[str, Any]) -> list[Any]:
+    counts = f"{f['rows_in_lake']:,}+{f['dead_letters']:,}={f['records']:,}" + ("" if f["counts_ok"] else " MISMATCH")
+    return [name, f["records_per_sec"], f["sink_cpu_secs_per_million"], f["sink_peak_rss_mb"], f.get("ack_p50_ms"),
+            f.get("ack_p99_ms"), f.get("parquet_over_wire"), counts]
+
+
+def _stage_row(name: str, f: dict[str, Any], note: str = "") -> list[Any]:
+    return [name, f["records"], f["records_per_sec"], f["records_per_cpu_sec"], note]
+
+
+def table(result: dict[str, Any]) -> str:
+    """The whole run as text: machine and command first, then each part."""
+    m = result["machine"]
+    out = [
+        "securitylake-sink benchmark",
+        f"machine: {m['cpu']}, {m['cores']} cores, {m['ram_gib']} GiB RAM, load {m['load_avg_at_start']} "
+        f"({m['os']}, Python {m['python']}, pyarrow {m['pyarrow']})",
+        f"command: {result['command']}",
+        f"records per part: {result['settings']['records']:,}; chunks of {result['settings']['chunk']:,} records "
+        "per tag; file:// lake; OCSF 1.1.0",
+        "",
+        "End to end: generator process -> Forward with acks -> securitylake-sink run -> file:// lake "
+        "(records/s from first byte to last object)",
+    ]
+    e2e_rows = [_e2e_row(mix, f) for mix, f in result["e2e"].items()]
+    paced = result.get("paced")
+    if paced:
+        e2e_rows.append(_e2e_row(f"mixed paced at {paced['paced_records_per_sec']:,.0f}/s", paced))
+    out += _rows(["mix", "records/s", "CPU-s/M", "RSS MB", "ack p50 ms", "ack p99 ms", "parquet/wire",
+                  "rows+dead=sent"], e2e_rows)
+    stages, floor = result["stages"], result["floor"]
+    out += ["", "Stages in process, on the mixed records"]
+    out += _rows(["stage", "records", "records/s", "per CPU-s", "notes"], [
+        _stage_row("decode (forward_codec)", stages["decode"], f"{stages['decode']['chunks']} chunks"),
+        _stage_row("map (Mapper.map_chunks)", stages["map"],
+                   f"{stages['map']['mapped']:,} mapped, {stages['map']['dead_letters']:,} dead letters"),
+        _stage_row("validate (ocsf/validate)", stages["validate"], f"{stages['validate']['failed']} failed"),
+        _stage_row("encode (encode_parquet)", stages["encode"],
+                   f"{stages['encode']['objects']} objects, {stages['encode']['parquet_bytes']:,} bytes"),
+        _stage_row("floor: msgpack+arrow+parquet", floor,
+                   f"arrow types: {floor['arrow']['inferred_tags']} tags inferred, "
+                   f"{floor['arrow']['string_tags']} all-string"),
+    ])
+    out.append(f"end to end (mixed) / floor: {result['e2e_over_floor']:.3f}")
+    out += ["", "Each built-in rule in process, on its fixtures"]
+    out += _rows(["rule", "records/s", "per CPU-s", "mapped", "dead"], [
+        [rule, f["records_per_sec"], f["records_per_cpu_sec"], f["mapped"], f["dead_letters"]]
+        for rule, f in stages["map_rules"].items()
+    ])
+    out += ["", "Fluent Bit as the sender (tail of generated files, forward with Require_ack_response On)"]
+    fb = result["fluent_bit"]
+    if "skipped" in fb:
+        out.append(f"skipped ({fb['skipped']})")
+    else:
+        sink, base = fb["to_sink"], fb["baseline"]
+        out += _rows(["run", "records/s", "rows+dead=sent"], [
+            ["fluent-bit -> sink (to last object)", sink["records_per_sec"],
+             f"{sink['rows_in_lake']:,}+{sink['dead_letters']:,}={sink['records']:,}"
+             + ("" if sink["counts_ok"] else " MISMATCH")],
+            ["fluent-bit -> fluent-bit (null output)", base["records_per_sec"], "-"],
+        ])
+        out.append(f"sink / baseline: {fb['sink_over_baseline']:.3f}")
+    failed = [name for name, ok in result["checks"].items() if not ok]
+    out += ["", "checks: all passed" if not failed else f"checks FAILED: {', '.join(failed)}"]
+    return "\n".join(out)
