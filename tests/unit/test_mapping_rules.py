@@ -93,7 +93,7 @@ def test_every_rule_has_at_least_five_realistic_mapped_fixtures_per_class(rule: 
 
 
 @pytest.mark.parametrize("rule", SOURCE_RULES)
-def test_rule_produces_the_classes_the_issue_names(rule: str) -> None:
+def test_rule_produces_its_documented_classes(rule: str) -> None:
     compiled = compile_named(rule, load_schema("1.1.0"))
     assert set(compiled.classes) == REQUIRED_CLASSES[rule]
     assert compiled.description
