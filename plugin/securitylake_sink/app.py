@@ -1,6 +1,8 @@
 """Wires the stages — sources, spool, mapping, batches, encoding, lake — and owns the event loop,
-signals and shutdown. Blocking work runs on two threads: ``pipeline`` (map, append, checkpoint,
-seal; serialised so the spool's invariants hold) and ``deliver`` (encode and store objects).
+signals and shutdown. Blocking work runs on three threads: ``pipeline`` (map, append, checkpoint,
+seal; serialised so the spool's invariants hold), ``deliver`` (encode and store objects) and
+``deadletter`` (ship closed dead-letter files to an s3:// ``dead_letter.location``), each retrying
+with its own backoff, so a failing dead-letter bucket never holds up the lake and the other way round.
 """
 
 from __future__ import annotations
@@ -16,20 +18,23 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import TypeVar
 
 from securitylake_sink.batch import Batcher, LakeTarget
 from securitylake_sink.config import Config, split_address
-from securitylake_sink.deadletter import DeadLetterWriter
+from securitylake_sink.deadletter import DeadLetterShipper, DeadLetterWriter, Rotation, Shipped
 from securitylake_sink.encode.parquet import encode_parquet
 from securitylake_sink.errors import DeliveryError, PermanentDelivery, SpoolCorrupt
 from securitylake_sink.lake.retry import backoff_delay
-from securitylake_sink.lake.s3 import resolve_region
+from securitylake_sink.lake.s3 import S3Store, resolve_region
 from securitylake_sink.lake.store import ObjectStore, store_for
 from securitylake_sink.mapping.mapper import Mapper
 from securitylake_sink.metrics_server import MetricsServer, serve_metrics
 from securitylake_sink.model import Chunk
 from securitylake_sink.ocsf.schema import load_schema
-from securitylake_sink.plan import destination_of
+from securitylake_sink.plan import dead_letter_destination, destination_of
 from securitylake_sink.sources import decode_spooled
 from securitylake_sink.sources.forward import ForwardServer
 from securitylake_sink.sources.handshake import handshake_for
@@ -48,6 +53,7 @@ MAP_LIMIT = 512  # chunks per pipeline step
 STEP_RECORDS = 16_384
 IDLE_WAKE_SECS = 1.0  # how often an idle pipeline checks batch ages
 RETRY_BASE_SECS, RETRY_MAX_SECS = 1.0, 300.0
+T = TypeVar("T")
 EXIT_SECOND_SIGNAL = 130  # a second SIGTERM/SIGINT during the flush: exit without finishing it
 
 
@@ -73,12 +79,21 @@ class Counters:
     delivery_failing: str | None = None  # the reason while the last attempt failed permanently
     upload_seconds: Histogram = field(default_factory=Histogram)
     backpressure_since: float | None = None  # Unix time intake paused on a full spool; None: reading
+    dead_letter_objects: int = 0  # dead-letter files shipped to an s3:// dead_letter.location
+    dead_letter_failures: dict[str, int] = field(default_factory=dict)  # failed ship attempts, by kind
 
 
 class App:
     """One running sink. ``start`` → serve → ``shutdown``; or ``run_until`` a stop event."""
 
-    def __init__(self, config: Config, *, store: ObjectStore | None = None, listen: bool = True) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        store: ObjectStore | None = None,
+        dead_letter_store: ObjectStore | None = None,
+        listen: bool = True,
+    ) -> None:
         """``listen=False`` starts no network listener (``replay`` feeds the spool directly)."""
         self.config = config
         self.listen = listen
@@ -100,8 +115,15 @@ class App:
             max_age_secs=config.batch.max_age_secs,
             max_bytes=config.batch.max_bytes,
         )
-        self.dead_letters = DeadLetterWriter(config.dead_letter_path)
         self.store = store or store_for(self.destination, config)
+        target = dead_letter_destination(config, self.destination)
+        self.shipper: DeadLetterShipper | None = None
+        rotation: Rotation | None = None
+        if target is not None:
+            rotation = Rotation(config.dead_letter.max_age_secs, config.dead_letter.max_bytes)
+            ship_to = dead_letter_store or S3Store.for_config(target, config, lake=False)
+            self.shipper = DeadLetterShipper(ship_to, target.prefix)
+        self.dead_letters = DeadLetterWriter(config.dead_letter_path, rotation)
         host, port = split_address(config.listen.forward.address)
         self.forward = ForwardServer(
             self.spool,
@@ -117,7 +139,9 @@ class App:
         self.spool.on_backpressure = self._backpressure
         self._pipeline = ThreadPoolExecutor(1, thread_name_prefix="pipeline")
         self._deliver = ThreadPoolExecutor(1, thread_name_prefix="deliver")
+        self._ship = ThreadPoolExecutor(1, thread_name_prefix="deadletter")
         self._sealed: asyncio.Queue[BatchFile] = asyncio.Queue()
+        self._dead_files: asyncio.Queue[Path] = asyncio.Queue()  # closed dead-letter files to ship
         self._cursor = WalPosition(0, 0)
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
@@ -131,6 +155,9 @@ class App:
         opened, sealed = self.spool.open()
         self._cursor = self.spool.checkpoint
         self.dead_letters.recover(self.spool.checkpoint)
+        if self.shipper is not None:
+            for path in self.dead_letters.closed_on_disk():
+                self._dead_files.put_nowait(path)
         self.batcher.adopt(opened)
         for batch in sealed:
             self._sealed.put_nowait(batch)
@@ -144,6 +171,8 @@ class App:
             asyncio.create_task(self._map_loop(), name="map"),
             asyncio.create_task(self._deliver_loop(), name="deliver"),
         ]
+        if self.shipper is not None:
+            self._tasks.append(asyncio.create_task(self._dead_letter_loop(self.shipper), name="deadletter"))
         self.metrics = await serve_metrics(self) if self.listen else None
         log.info(
             "securitylake-sink is serving",
@@ -151,6 +180,7 @@ class App:
                 "forward": f"{self.forward.port}" if self.listen else "off",
                 "http": f"{self.http.port}" if self.http is not None else "off",
                 "lake": self.store.describe(),
+                "dead_letters": self.shipper.describe() if self.shipper else str(self.dead_letters.dir),
                 "spool": str(self.spool.path),
                 "spool_max_bytes": self.spool.max_bytes,
             },
@@ -177,6 +207,7 @@ class App:
         await asyncio.get_running_loop().run_in_executor(self._pipeline, self._close_files)
         self._pipeline.shutdown(wait=True)
         self._deliver.shutdown(wait=True)
+        self._ship.shutdown(wait=True)
         self.spool.close()
         if self.metrics is not None:
             await self.metrics.close()
@@ -207,8 +238,11 @@ class App:
                 raise
             for batch in sealed:
                 self._sealed.put_nowait(batch)
+            for path in self.dead_letters.take_closed():
+                self._dead_files.put_nowait(path)
             if stopping and self._cursor >= wal.end and not self.batcher.open:
                 await self._sealed.join()
+                await self._dead_files.join()
                 self._drained.set()
                 return
 
@@ -236,6 +270,8 @@ class App:
             if dropped := sum(result.dropped.values()):
                 self.counters.dropped["mappings_fallback"] = self.counters.dropped.get("mappings_fallback", 0) + dropped
         drained = flush_all and self._cursor >= self.spool.wal.end
+        # Every dead letter written so far is behind the checkpoint: a closed file is safe to ship.
+        self.dead_letters.rotate(force=drained)
         # A full spool seals its open batches now rather than at batch.max_age_secs: only
         # delivery makes room, and it takes sealed batches only.
         full = self.spool.backpressure_since is not None
@@ -257,35 +293,58 @@ class App:
         return decode_spooled(spooled.kind, spooled.raw, spooled.received_ns, tag=spooled.tag, meta=spooled.meta)
 
     # -- delivery ------------------------------------------------------------------------
-    async def _deliver_loop(self) -> None:
+    async def _until_done(
+        self,
+        executor: ThreadPoolExecutor,
+        call: Callable[[], T],
+        errors: tuple[type[Exception], ...],
+        failed: Callable[[Exception, bool], None],
+        *,
+        message: str,
+        what: dict[str, object],
+    ) -> T:
+        """Run ``call`` on ``executor`` until it returns; after each failure in ``errors``: count it
+        (``failed(exc, permanent)``), log ``message`` with ``what``, wait the backoff, try again."""
         loop = asyncio.get_running_loop()
+        attempt = 0
+        while True:
+            try:
+                return await loop.run_in_executor(executor, call)
+            except errors as exc:
+                attempt += 1
+                permanent = isinstance(exc, PermanentDelivery)
+                failed(exc, permanent)
+                delay = backoff_delay(attempt, base_secs=RETRY_BASE_SECS, cap_secs=RETRY_MAX_SECS)
+                log.warning(
+                    message,
+                    extra={
+                        **what,
+                        "attempt": attempt,
+                        "retry_in_secs": round(delay, 1),
+                        "permanent": permanent,
+                        "reason": str(exc),
+                    },
+                )
+                await asyncio.sleep(delay)
+
+    def _delivery_failed(self, exc: Exception, permanent: bool) -> None:
+        self.counters.delivery_failures += 1
+        self.counters.delivery_retries += 1  # every failed attempt is tried again
+        self.counters.permanent_failures += permanent
+        self.counters.delivery_failing = str(exc) if permanent else None
+
+    async def _deliver_loop(self) -> None:
         while True:
             batch = await self._sealed.get()
-            attempt = 0
-            while True:
-                try:
-                    rows, size = await loop.run_in_executor(self._deliver, self._deliver_one, batch)
-                    self.counters.delivery_failing = None
-                    break
-                except DeliveryError as exc:
-                    attempt += 1
-                    self.counters.delivery_failures += 1
-                    self.counters.delivery_retries += 1  # every failed attempt is tried again
-                    permanent = isinstance(exc, PermanentDelivery)
-                    self.counters.permanent_failures += permanent
-                    self.counters.delivery_failing = str(exc) if permanent else None
-                    delay = backoff_delay(attempt, base_secs=RETRY_BASE_SECS, cap_secs=RETRY_MAX_SECS)
-                    log.warning(
-                        "could not store an object; it stays in the spool and is retried",
-                        extra={
-                            "key": batch.header.key,
-                            "attempt": attempt,
-                            "retry_in_secs": round(delay, 1),
-                            "permanent": isinstance(exc, PermanentDelivery),
-                            "reason": str(exc),
-                        },
-                    )
-                    await asyncio.sleep(delay)
+            rows, size = await self._until_done(
+                self._deliver,
+                partial(self._deliver_one, batch),
+                (DeliveryError,),
+                self._delivery_failed,
+                message="could not store an object; it stays in the spool and is retried",
+                what={"key": batch.header.key},
+            )
+            self.counters.delivery_failing = None
             self.counters.objects += 1
             self.counters.object_rows += rows
             self.counters.object_bytes += size
@@ -306,6 +365,29 @@ class App:
         self.counters.upload_seconds.observe(time.monotonic() - started)
         batch.path.unlink(missing_ok=True)
         return table.num_rows, len(data)
+
+    def _shipping_failed(self, _exc: Exception, permanent: bool) -> None:
+        kind = "permanent" if permanent else "retriable"
+        self.counters.dead_letter_failures[kind] = self.counters.dead_letter_failures.get(kind, 0) + 1
+
+    async def _dead_letter_loop(self, shipper: DeadLetterShipper) -> None:
+        """Ship closed dead-letter files in order; a failing one is kept and retried with backoff."""
+        while True:
+            path = await self._dead_files.get()
+            shipped: Shipped | None = await self._until_done(
+                self._ship,
+                partial(shipper.ship, path),
+                (DeliveryError, OSError),  # OSError: the local file could not be read
+                self._shipping_failed,
+                message="could not ship dead letters; the file stays in the spool and is retried",
+                what={"file": path.name},
+            )
+            if shipped is not None:
+                self.counters.dead_letter_objects += 1
+                log.info(
+                    "shipped dead letters", extra={"key": shipped.key, "lines": shipped.lines, "bytes": shipped.size}
+                )
+            self._dead_files.task_done()
 
 
 def _bounded(items: list[tuple[WalPosition, Chunk]]) -> list[tuple[WalPosition, Chunk]]:

@@ -108,6 +108,14 @@ def _check_config(path: str, as_json: bool) -> int:
     print(f"  spool        {plan['spool']['path']}")
     limit = plan["spool"]["max_bytes"]
     print(f"  spool limit  {limit} bytes" if limit is not None else "  spool limit  10% of free disk (at start-up)")
+    dead = plan["dead_letter"]
+    if dead["kind"] == "s3":
+        print(
+            f"  dead letters {dead['location']} (from {dead['spool_directory']}, shipped every "
+            f"{dead['max_age_secs']:g} s or {dead['max_bytes']} bytes)"
+        )
+    else:
+        print(f"  dead letters {dead['location']}")
     return EXIT_OK
 
 

@@ -70,6 +70,11 @@ DEFAULT_HTTP_TAG_HEADER = "X-Fluent-Tag"
 DEFAULT_HTTP_DATE_KEY = "date"  # Fluent Bit's json_date_key default
 HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}\Z")  # an RFC 9110 token
 DEFAULT_SPOOL_PATH = "/var/lib/securitylake-sink/spool"
+# s3:// dead letters: a local file is shipped once it is this old or this big (ours: S3 takes
+# many small objects well, and an operator sees dead letters within the lake's own cadence).
+DEFAULT_DEAD_LETTER_MAX_AGE_SECS = 300
+DEFAULT_DEAD_LETTER_MAX_BYTES = 8 * 1024 * 1024
+MAX_DEAD_LETTER_MAX_BYTES = 1024 * 1024 * 1024
 DEFAULT_DEDUP_TOKENS = 10_000  # recent chunk tokens remembered for resend deduplication
 DEFAULT_DEDUP_SECS = 3600.0  # and for how long
 # spool.max_bytes unset: this share of the spool file system's free space at start-up, capped.
@@ -466,19 +471,51 @@ class MappingBinding(_Model):
 
 
 class DeadLetterConfig(_Model):
-    location: str | None = None  # file:// directory or a local path; default <spool.path>/dead_letter
+    """Where dead letters go: a local directory, or an S3 prefix they are shipped to from the spool."""
+
+    # file:// directory or a local path (default <spool.path>/dead_letter), or s3://<bucket>/<prefix>/
+    location: str | None = None
+    # s3:// only: a local dead-letter file is closed and shipped at this age or size, whichever first.
+    max_age_secs: float = Field(DEFAULT_DEAD_LETTER_MAX_AGE_SECS, gt=0, le=MAX_MAX_AGE_SECS)
+    max_bytes: int = Field(DEFAULT_DEAD_LETTER_MAX_BYTES, ge=1024, le=MAX_DEAD_LETTER_MAX_BYTES)
 
     @field_validator("location")
     @classmethod
-    def _local(cls, value: str | None) -> str | None:
+    def _location(cls, value: str | None) -> str | None:
         if value is None:
             return value
         scheme = value.split("://", 1)[0] if "://" in value else ""
+        if scheme == "s3":
+            from securitylake_sink.lake.url import parse_s3_location  # noqa: PLC0415 (lake imports this module)
+
+            try:
+                parse_s3_location(value, "dead_letter.location")
+            except ConfigError as exc:
+                raise _RulesBroken(list(exc.issues)) from None
+            return value
         if scheme and scheme != "file":
-            raise ValueError(f"must be a file:// directory or a local path, not {scheme}://, got {value!r}")
+            raise ValueError(
+                f"must be a file:// directory, a local path or s3://<bucket>/<prefix>/, not {scheme}://, got {value!r}"
+            )
         if scheme and not value.removeprefix("file://").startswith("/"):
             raise ValueError(f"a file:// location must be an absolute path, got {value!r}")
         return value
+
+    @model_validator(mode="after")
+    def _s3_only(self) -> DeadLetterConfig:
+        if not self.is_s3:
+            issues = [
+                ConfigIssue(f"dead_letter.{name}", "only applies with an s3:// dead_letter.location")
+                for name in ("max_age_secs", "max_bytes")
+                if name in self.model_fields_set
+            ]
+            if issues:
+                raise _RulesBroken(issues)
+        return self
+
+    @property
+    def is_s3(self) -> bool:
+        return self.location is not None and self.location.startswith("s3://")
 
 
 class Config(_Model):
@@ -500,8 +537,9 @@ class Config(_Model):
 
     @property
     def dead_letter_path(self) -> Path:
+        """The local dead-letter directory; with an s3:// location, the spool's, which ships from it."""
         loc = self.dead_letter.location
-        if loc is None:
+        if loc is None or self.dead_letter.is_s3:
             return self.spool.path / "dead_letter"
         return Path(loc.removeprefix("file://"))
 
@@ -657,6 +695,7 @@ def _cross_issues(data: dict[str, Any]) -> list[ConfigIssue]:
         text(dest, "endpoint"),
         version if version in bundled_versions() else DEFAULT_OCSF_VERSION,
         uids if isinstance(sources, list) else [],
+        dead_letter=text(data.get("dead_letter"), "location"),
     )
 
 

@@ -1,5 +1,6 @@
 """``securitylake-sink doctor``: live checks — base credentials, the role, the bucket's region and
-write access to every source location — printed one per line with the fix. Never prints a secret.
+write access to every source location and to an s3:// dead-letter location — printed one per line
+with the fix. Never prints a secret.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from securitylake_sink.lake.retry import error_code
 from securitylake_sink.lake.s3 import S3Store, lookup_region, s3_client_config
 from securitylake_sink.lake.store import LocalStore
 from securitylake_sink.lake.url import Destination
-from securitylake_sink.plan import destination_of
+from securitylake_sink.plan import OPT_DEAD_LETTER, dead_letter_destination, destination_of
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -35,6 +36,7 @@ DOCTOR_CLIENT_CONFIG = BotoConfig(connect_timeout=5, read_timeout=20, retries={"
 MARKER_PREFIX = "_securitylake-sink-doctor-"
 MARKER_BODY = b"securitylake-sink doctor: write check; safe to delete\n"
 NEEDS_CREDENTIALS = "not tried: needs working credentials"
+DEAD_LETTER_CHECK = "write dead letters"
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,13 +117,13 @@ def _region_check(session: boto3.Session, destination: Destination) -> tuple[Che
     return Check("ok", "bucket region", f"bucket {destination.bucket} is in {region}"), region
 
 
-def _write_check(store: S3Store, client: S3Client, location: str) -> Check:
+def _write_check(store: S3Store, client: S3Client, location: str, name: str = "", fix: str = "the location") -> Check:
     key = f"{store.destination.prefix}{location}{MARKER_PREFIX}{uuid7()}"
-    name = f"write {location}"
+    name = name or f"write {location}"
     try:
         store.put(key, MARKER_BODY)
     except SinkError as exc:
-        return Check("failed", name, str(exc), "grant s3:PutObject on the location to the writer role")
+        return Check("failed", name, str(exc), f"grant s3:PutObject on {fix} to the writer role")
     try:
         client.delete_object(Bucket=store.bucket, Key=key)
     except Exception as exc:
@@ -150,11 +152,14 @@ def run_checks(config: Config) -> Iterator[Check]:
     if destination.kind == "file":
         yield from _file_checks(config, destination)
         return
+    dead_letters = dead_letter_destination(config, destination)
     session = yield from _credential_checks(config, destination)
     if session is None:
         yield Check("skipped", "bucket region", NEEDS_CREDENTIALS)
         for source in config.destination.sources:
             yield Check("skipped", f"write {source.location}", NEEDS_CREDENTIALS)
+        if dead_letters is not None:
+            yield Check("skipped", DEAD_LETTER_CHECK, NEEDS_CREDENTIALS)
         return
     check, region = _region_check(session, destination)
     yield check
@@ -164,6 +169,10 @@ def run_checks(config: Config) -> Iterator[Check]:
     store = S3Store(located, lambda _region: client, sse_kms_key_id=config.destination.sse_kms_key_id)
     for source in config.destination.sources:
         yield _write_check(store, client, source.location)
+    if dead_letters is not None:
+        located = dataclasses.replace(dead_letters, region=located.region)
+        dead_store = S3Store(located, lambda _region: client)
+        yield _write_check(dead_store, client, "", DEAD_LETTER_CHECK, f"{OPT_DEAD_LETTER} ({dead_store.describe()})")
 
 
 def doctor(config: Config, out: TextIO) -> int:

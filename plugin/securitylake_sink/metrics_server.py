@@ -136,6 +136,8 @@ def app_snapshot(app: App, started: float) -> Snapshot:
         upload_seconds=counters.upload_seconds.value(),
         delivery_retries=counters.delivery_retries,
         delivery_failures={"retriable": counters.delivery_failures - permanent, "permanent": permanent},
+        dead_letter_objects=counters.dead_letter_objects,
+        dead_letter_failures=dict(counters.dead_letter_failures),
         spool_bytes=spool_bytes,
         spool_oldest_age_secs=None if oldest is None else max(0.0, (time.time_ns() - oldest) / 1e9),
         backpressure_since=counters.backpressure_since,

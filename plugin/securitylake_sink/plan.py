@@ -5,16 +5,28 @@ Nothing here does network I/O; secrets are masked before anything leaves this mo
 
 from __future__ import annotations
 
-__all__ = ["check", "cross_issues", "destination_of", "resolve_plan", "warnings_for"]
+__all__ = [
+    "OPT_DEAD_LETTER",
+    "check",
+    "cross_issues",
+    "dead_letter_destination",
+    "destination_of",
+    "resolve_plan",
+    "warnings_for",
+]
 
+import dataclasses
+from collections.abc import Sequence
 from typing import Any
 
 from pydantic import SecretStr
 
 from securitylake_sink.config import MASK, Config
 from securitylake_sink.errors import ConfigError, ConfigIssue, SchemaError
-from securitylake_sink.lake.url import Destination, parse_destination
+from securitylake_sink.lake.url import Destination, parse_destination, parse_s3_location
 from securitylake_sink.ocsf.schema import load_schema
+
+OPT_DEAD_LETTER = "dead_letter.location"
 
 
 def destination_of(config: Config) -> Destination:
@@ -23,17 +35,74 @@ def destination_of(config: Config) -> Destination:
     return parse_destination(dest.url, region=dest.region, endpoint=dest.endpoint)
 
 
-def cross_issues(
-    url: str | None, region: str | None, endpoint: str | None, version: str, class_uids: list[tuple[int, Any]]
+def dead_letter_destination(config: Config, lake: Destination) -> Destination | None:
+    """Where s3:// dead letters go: the lake's S3 settings (region, endpoint, addressing, and so
+    credentials) with the dead-letter bucket and prefix; None for local dead letters."""
+    location = config.dead_letter.location
+    if location is None or not config.dead_letter.is_s3 or lake.kind != "s3":
+        return None
+    bucket, prefix = parse_s3_location(location, OPT_DEAD_LETTER)
+    path_style = lake.path_style or ("." in bucket and not (lake.endpoint_url or "").startswith("http://"))
+    return dataclasses.replace(lake, bucket=bucket, prefix=prefix, path_style=path_style, access_point_arn=None)
+
+
+def _dead_letter_issues(
+    dead_letter: str | None, lake: Destination | None, locations: Sequence[str]
 ) -> list[ConfigIssue]:
-    """The rules that span options: the destination URL with its region and endpoint, and each
-    ``(index, class_uid)`` of ``destination.sources`` against the OCSF version."""
+    """An s3:// dead-letter location needs an S3 lake, and must not overlap a source location."""
+    if dead_letter is None or not dead_letter.startswith("s3://"):
+        return []
+    try:
+        bucket, prefix = parse_s3_location(dead_letter, OPT_DEAD_LETTER)
+    except ConfigError:
+        return []  # DeadLetterConfig reports a malformed location itself
+    if lake is None:
+        return []  # destination.url is broken: that issue is reported already
+    if lake.kind != "s3":
+        return [
+            ConfigIssue(
+                OPT_DEAD_LETTER,
+                "an s3:// location needs an S3 destination.url: dead letters are shipped with the "
+                "destination's credentials, region and endpoint; use a file:// directory with a file:// lake",
+            )
+        ]
     issues: list[ConfigIssue] = []
+    for location in dict.fromkeys(locations):
+        full = lake.prefix + location
+        if bucket != lake.bucket or not (prefix.startswith(full) or full.startswith(prefix)):
+            continue
+        how = "is" if prefix == full else ("is inside" if prefix.startswith(full) else "contains")
+        issues.append(
+            ConfigIssue(
+                OPT_DEAD_LETTER,
+                f"must be outside the Security Lake source locations: s3://{bucket}/{prefix} {how} "
+                f"s3://{bucket}/{full} (destination.sources), where Security Lake reads only Parquet",
+            )
+        )
+    return issues
+
+
+def cross_issues(
+    url: str | None,
+    region: str | None,
+    endpoint: str | None,
+    version: str,
+    class_uids: list[tuple[int, Any]],
+    *,
+    dead_letter: str | None = None,
+    locations: Sequence[str] = (),
+) -> list[ConfigIssue]:
+    """The rules that span options: the destination URL with its region and endpoint, each
+    ``(index, class_uid)`` of ``destination.sources`` against the OCSF version, and an s3://
+    ``dead_letter`` location against the destination and its source ``locations``."""
+    issues: list[ConfigIssue] = []
+    lake: Destination | None = None
     if url is not None:
         try:
-            parse_destination(url, region=region, endpoint=endpoint)
+            lake = parse_destination(url, region=region, endpoint=endpoint)
         except ConfigError as exc:
             issues.extend(exc.issues)
+    issues.extend(_dead_letter_issues(dead_letter, lake, locations))
     schema = load_schema(version)
     for i, class_uid in class_uids:
         if class_uid == "*" or isinstance(class_uid, bool) or not isinstance(class_uid, int):
@@ -75,7 +144,15 @@ def check(config: Config) -> None:
     """Raise ConfigError for every cross-option rule the config breaks."""
     dest = config.destination
     uids = [(i, s.class_uid) for i, s in enumerate(dest.sources)]
-    issues = cross_issues(dest.url, dest.region, dest.endpoint, config.ocsf.version, uids)
+    issues = cross_issues(
+        dest.url,
+        dest.region,
+        dest.endpoint,
+        config.ocsf.version,
+        uids,
+        dead_letter=config.dead_letter.location,
+        locations=[s.location for s in dest.sources],
+    )
     issues.extend(_bound_classes(config)[1])
     if issues:
         raise ConfigError(issues)
@@ -179,6 +256,22 @@ def resolve_plan(config: Config) -> dict[str, Any]:
         "ocsf": {"version": config.ocsf.version},
         "mappings": [m.model_dump() for m in config.mappings],
         "mappings_fallback": config.mappings_fallback,
-        "dead_letter": {"location": str(config.dead_letter_path)},
+        "dead_letter": _dead_letter_plan(config, dest),
         "warnings": warnings_for(config),
+    }
+
+
+def _dead_letter_plan(config: Config, lake: Destination) -> dict[str, Any]:
+    """Where dead letters go: a local directory, or an S3 prefix shipped to from the spool's."""
+    target = dead_letter_destination(config, lake)
+    if target is None:
+        return {"kind": "file", "location": str(config.dead_letter_path)}
+    return {
+        "kind": "s3",
+        "location": f"s3://{target.bucket}/{target.prefix}",
+        "bucket": target.bucket,
+        "prefix": target.prefix,
+        "spool_directory": str(config.dead_letter_path),
+        "max_age_secs": config.dead_letter.max_age_secs,
+        "max_bytes": config.dead_letter.max_bytes,
     }

@@ -28,7 +28,7 @@ from securitylake_sink.config import ROLE_ARN, Config
 from securitylake_sink.errors import ConfigError, ConfigIssue
 from securitylake_sink.lake.url import Destination
 from securitylake_sink.ocsf.schema import load_schema
-from securitylake_sink.plan import destination_of
+from securitylake_sink.plan import dead_letter_destination, destination_of
 
 POLICY_VERSION = "2012-10-17"
 # Shell-style placeholders: the commands expand them from the environment, the policies show them
@@ -211,6 +211,16 @@ def iam_policies(config: Config, principal: str | None = None) -> IamPolicies:
             "Resource": [_object_resource(destination, location) for location in locations],
         }
     ]
+    dead_letters = dead_letter_destination(config, destination)
+    if dead_letters is not None:  # always outside the source locations (a config rule)
+        statements.append(
+            {
+                "Sid": "WriteTheDeadLetters",
+                "Effect": "Allow",
+                "Action": "s3:PutObject",
+                "Resource": f"arn:{dead_letters.partition}:s3:::{dead_letters.bucket}/{dead_letters.prefix}*",
+            }
+        )
     if config.destination.sse_kms_key_id is not None:
         statements.append(_kms_statement(config, destination, notes))
         notes.append(

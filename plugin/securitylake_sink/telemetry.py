@@ -101,6 +101,8 @@ class Snapshot:
     upload_seconds: HistogramValue = field(default_factory=lambda: Histogram().value())
     delivery_retries: int = 0
     delivery_failures: Mapping[str, int] = field(default_factory=dict)  # by kind
+    dead_letter_objects: int = 0
+    dead_letter_failures: Mapping[str, int] = field(default_factory=dict)  # by kind
     spool_bytes: int = 0
     spool_oldest_age_secs: float | None = None
     backpressure_since: float | None = None  # Unix time; None while reading
@@ -188,6 +190,12 @@ CATALOGUE: Final[tuple[MetricSpec, ...]] = (
                lambda s: _one(s.delivery_retries)),
     MetricSpec("delivery_failures", "counter", "Failed object store attempts, by kind (retriable or permanent).",
                ("kind",), lambda s: _by(s.delivery_failures)),
+    MetricSpec("dead_letter_objects", "counter",
+               "Dead-letter files shipped as objects to an s3:// dead_letter.location.", (),
+               lambda s: _one(s.dead_letter_objects)),
+    MetricSpec("dead_letter_failures", "counter",
+               "Failed attempts to ship a dead-letter file, by kind (retriable or permanent).", ("kind",),
+               lambda s: _by(s.dead_letter_failures)),
     # spool and process
     MetricSpec("spool_bytes", "gauge", "Bytes the spool holds on disk: write-ahead log and batches.", (),
                lambda s: _one(s.spool_bytes)),

@@ -1090,9 +1090,9 @@ def test_spool_max_bytes_defaults_to_a_tenth_of_free_disk_capped(tmp_path: Path)
     assert SpoolConfig(path=tmp_path, max_bytes=5 * 1024 * 1024).resolved_max_bytes() == 5 * 1024 * 1024
 
 
-@pytest.mark.parametrize("location", ["s3://bucket/dead/", "file://relative/dir"])
-def test_dead_letter_location_must_be_local(location: str) -> None:
-    # GIVEN a dead-letter location that is not a local directory; THEN the option is named
+@pytest.mark.parametrize("location", ["gs://bucket/dead/", "https://s3.amazonaws.com/bucket/", "file://relative/dir"])
+def test_dead_letter_location_must_be_local_or_s3(location: str) -> None:
+    # GIVEN a dead-letter location that is neither a local directory nor s3://; THEN the option is named
     issue = issue_at("dead_letter.location", config_yaml({"dead_letter": {"location": location}}))
     assert location in issue.message
 
@@ -1100,3 +1100,98 @@ def test_dead_letter_location_must_be_local(location: str) -> None:
 def test_dead_letter_location_file_url_is_a_directory() -> None:
     config = parse(config_yaml({"dead_letter": {"location": "file:///var/tmp/dead"}}))
     assert str(config.dead_letter_path) == "/var/tmp/dead"
+    assert resolve_plan(config)["dead_letter"] == {"kind": "file", "location": "/var/tmp/dead"}
+
+
+LAKE_BUCKET = "aws-security-data-lake-us-east-1-abc123"
+S3_LAKE = {"destination": {"url": f"s3://{LAKE_BUCKET}/"}}
+
+
+@pytest.mark.parametrize(
+    ("location", "bucket", "prefix"),
+    [
+        ("s3://dead-letters/sink/", "dead-letters", "sink/"),
+        ("s3://dead-letters/a/b", "dead-letters", "a/b/"),
+        ("s3://dead-letters", "dead-letters", ""),
+        (f"s3://{LAKE_BUCKET}/dead-letters/", LAKE_BUCKET, "dead-letters/"),  # same bucket, outside ext/auth/
+        (f"s3://{LAKE_BUCKET}/ext/authz/", LAKE_BUCKET, "ext/authz/"),  # a sibling, not inside
+    ],
+)
+def test_dead_letter_location_may_be_an_s3_prefix(location: str, bucket: str, prefix: str) -> None:
+    # GIVEN an S3 lake and an s3:// dead-letter location outside its source locations
+    config = parse(config_yaml({**S3_LAKE, "dead_letter": {"location": location}}))
+    # THEN dead letters are spooled in the spool's directory and the plan names the S3 prefix
+    assert config.dead_letter.is_s3
+    assert config.dead_letter_path == config.spool.path / "dead_letter"
+    plan = resolve_plan(config)["dead_letter"]
+    assert (plan["kind"], plan["bucket"], plan["prefix"]) == ("s3", bucket, prefix)
+    assert plan["location"] == f"s3://{bucket}/{prefix}"
+    assert (plan["max_age_secs"], plan["max_bytes"]) == (300, 8 * MIB)
+
+
+@pytest.mark.parametrize(
+    ("url", "location", "how"),
+    [
+        (f"s3://{LAKE_BUCKET}/", f"s3://{LAKE_BUCKET}/ext/auth/", "is"),
+        (f"s3://{LAKE_BUCKET}/", f"s3://{LAKE_BUCKET}/ext/auth/dead/", "is inside"),
+        (f"s3://{LAKE_BUCKET}/", f"s3://{LAKE_BUCKET}/ext/", "contains"),
+        (f"s3://{LAKE_BUCKET}/", f"s3://{LAKE_BUCKET}", "contains"),
+        (f"s3://{LAKE_BUCKET}/lake/", f"s3://{LAKE_BUCKET}/lake/ext/auth/1/", "is inside"),
+    ],
+)
+def test_dead_letter_location_inside_a_source_location_is_rejected(url: str, location: str, how: str) -> None:
+    # GIVEN dead letters aimed at (or above) a Security Lake custom-source location of the same bucket
+    text = config_yaml({"destination": {"url": url}, "dead_letter": {"location": location}})
+    # THEN the option and the rule are named
+    issue = issue_at("dead_letter.location", text)
+    assert_says(issue, "must be outside the Security Lake source locations", f" {how} s3://{LAKE_BUCKET}/")
+
+
+def test_dead_letter_location_outside_the_lake_prefix_is_accepted() -> None:
+    # GIVEN a lake under lake/ and dead letters at ext/auth/ of the bucket root: not a source location
+    text = config_yaml(
+        {"destination": {"url": f"s3://{LAKE_BUCKET}/lake/"}, "dead_letter": {"location": f"s3://{LAKE_BUCKET}/ext/"}}
+    )
+    assert parse(text).dead_letter.is_s3
+
+
+def test_s3_dead_letters_need_an_s3_destination() -> None:
+    # GIVEN a file:// lake: there are no S3 credentials, region or endpoint to ship dead letters with
+    issue = issue_at("dead_letter.location", config_yaml({"dead_letter": {"location": "s3://dead-letters/x/"}}))
+    assert_says(issue, "needs an S3 destination.url")
+
+
+def test_s3_dead_letter_rule_is_reported_beside_other_errors() -> None:
+    # GIVEN a file:// lake with s3:// dead letters and another broken option: both are reported at once
+    found = issues_of(config_yaml({"dead_letter": {"location": "s3://dead-letters/x/"}, "batch": {"max_bytes": 1}}))
+    assert {"dead_letter.location", "batch.max_bytes"} <= {i.option for i in found}
+
+
+@pytest.mark.parametrize(
+    "location", ["s3://Dead_Letters/x/", "s3:///x/", "s3://dead-letters/a/../b/", "s3://dead-letters/x?y=1"]
+)
+def test_malformed_s3_dead_letter_location_is_rejected(location: str) -> None:
+    issues = [i for i in issues_of(config_yaml({**S3_LAKE, "dead_letter": {"location": location}}))]
+    assert [i.option for i in issues] == ["dead_letter.location"]  # reported once, naming the option
+
+
+@pytest.mark.parametrize("name", ["max_age_secs", "max_bytes"])
+def test_dead_letter_rotation_options_only_apply_to_s3(name: str) -> None:
+    issue = issue_at(f"dead_letter.{name}", config_yaml({"dead_letter": {name: 4096}}))
+    assert_says(issue, "only applies with an s3:// dead_letter.location")
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "rule"),
+    [("max_age_secs", 0, "greater than 0"), ("max_age_secs", 86_401, "at most 86400"), ("max_bytes", 10, "at least")],
+)
+def test_dead_letter_rotation_bounds(name: str, value: int, rule: str) -> None:
+    dead_letter = {"location": "s3://dead-letters/x/", name: value}
+    issue = issue_at(f"dead_letter.{name}", config_yaml({**S3_LAKE, "dead_letter": dead_letter}))
+    assert_says(issue, rule)
+
+
+def test_s3_dead_letter_rotation_is_configurable() -> None:
+    dead_letter = {"location": "s3://dead-letters/x/", "max_age_secs": 60, "max_bytes": 1024 * 1024}
+    plan = resolve_plan(parse(config_yaml({**S3_LAKE, "dead_letter": dead_letter})))["dead_letter"]
+    assert (plan["max_age_secs"], plan["max_bytes"]) == (60, 1024 * 1024)

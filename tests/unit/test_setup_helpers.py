@@ -189,6 +189,42 @@ def test_iam_policy_partitions_and_access_points(tmp_path: Path, capsys: pytest.
     assert resources_of(json.loads(out)["permissions_policy"], "s3:PutObject")[0] == f"{point}/object/ext/sshd/*"
 
 
+@pytest.mark.parametrize(
+    ("url", "location", "resource"),
+    [
+        (f"s3://{BUCKET}/", "s3://dead-letters/sink-1/", "arn:aws:s3:::dead-letters/sink-1/*"),
+        (f"s3://{BUCKET}/", f"s3://{BUCKET}/dead/", f"arn:aws:s3:::{BUCKET}/dead/*"),
+        (
+            "s3://aws-security-data-lake-cn-north-1-0a1b2c3d/",
+            "s3://dead-letters",
+            "arn:aws-cn:s3:::dead-letters/*",
+        ),
+    ],
+)
+def test_iam_policy_grants_the_s3_dead_letter_prefix(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], url: str, location: str, resource: str
+) -> None:
+    # GIVEN dead letters shipped to an S3 prefix outside the source locations
+    config = write_config(tmp_path, url, dead_letter={"location": location})
+    code, out, _ = run(capsys, "iam-policy", "-c", config, "--json")
+    assert code == EXIT_OK
+    permissions = json.loads(out)["permissions_policy"]
+    statements = check_policy_grammar(permissions)
+    # THEN one more PutObject statement grants exactly that prefix, beside the source locations
+    (dead,) = [s for s in statements if s["Sid"] == "WriteTheDeadLetters"]
+    assert dead == {"Sid": "WriteTheDeadLetters", "Effect": "Allow", "Action": "s3:PutObject", "Resource": resource}
+    assert len(resources_of(permissions, "s3:PutObject")) == len(SOURCES) + 1
+
+
+def test_iam_policy_has_no_dead_letter_statement_for_local_dead_letters(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_config(tmp_path, dead_letter={"location": "/var/tmp/dead"})
+    code, out, _ = run(capsys, "iam-policy", "-c", config, "--json")
+    assert code == EXIT_OK
+    assert [s["Sid"] for s in json.loads(out)["permissions_policy"]["Statement"]] == ["WriteTheCustomSourceLocations"]
+
+
 def test_iam_policy_for_a_file_lake_grants_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config = write_config(tmp_path, f"file://{tmp_path}/lake", auth={})
     code, out, err = run(capsys, "iam-policy", "-c", config)

@@ -67,6 +67,8 @@ def test_every_catalogue_metric_is_exposed_with_help_and_type() -> None:
         records_dead_lettered={"activity_id": 2},
         rows_delivered={3002: 5},
         credential_expiry=1_900_000_000.0,
+        dead_letter_objects=3,
+        dead_letter_failures={"retriable": 2},
     )
     families = {f.name: f for f in text_string_to_metric_families(render_metrics(snapshot).decode())}
     assert set(families) == {PREFIX + spec.name for spec in CATALOGUE}
@@ -80,6 +82,13 @@ def test_every_catalogue_metric_is_exposed_with_help_and_type() -> None:
     assert families[PREFIX + "rows_delivered"].samples[0].labels == {"class_uid": "3002"}
     assert families[PREFIX + "credential_expiry_timestamp_seconds"].samples[0].value == 1_900_000_000.0
     assert families[PREFIX + "backpressure_since_timestamp_seconds"].samples == []
+    assert families[PREFIX + "dead_letter_objects"].samples[0].value == 3
+    [failures] = families[PREFIX + "dead_letter_failures"].samples
+    assert (failures.name, failures.labels, failures.value) == (
+        PREFIX + "dead_letter_failures_total",
+        {"kind": "retriable"},
+        2,
+    )
 
 
 def test_names_are_unique_and_prometheus_shaped() -> None:

@@ -158,12 +158,12 @@ class S3Store:
         self._bucket_region: str | None = None  # what S3 said when asked in the wrong region
 
     @classmethod
-    def for_config(cls, destination: Destination, config: Config) -> S3Store:
+    def for_config(cls, destination: Destination, config: Config, *, lake: bool = True) -> S3Store:
         """The store the sink runs with; its client is made now (no network I/O yet), so that
-        credential warnings and client errors come at start-up."""
-        store = cls(
-            destination, client_factory(config.auth, destination), sse_kms_key_id=config.destination.sse_kms_key_id
-        )
+        credential warnings and client errors come at start-up. ``lake=False`` (dead letters): the
+        bucket's own encryption, not ``destination.sse_kms_key_id``."""
+        kms = config.destination.sse_kms_key_id if lake else None
+        store = cls(destination, client_factory(config.auth, destination), sse_kms_key_id=kms)
         _ = store.client
         return store
 

@@ -10,6 +10,7 @@ __all__ = [
     "Partition",
     "RegionSource",
     "parse_destination",
+    "parse_s3_location",
     "region_from_bucket_name",
 ]
 
@@ -200,11 +201,11 @@ def _split(text: str, option: str) -> SplitResult:
     return parts
 
 
-def _segments(path: str, *, decode: bool) -> list[str]:
+def _segments(path: str, *, decode: bool, option: str = OPT_URL) -> list[str]:
     """Non-empty path segments ("a//b/" → ["a", "b"]); "." and ".." are refused."""
     segments = [unquote(s) if decode else s for s in path.split("/") if s]
     if any(s in (".", "..") for s in segments):
-        raise _url_error("has a '.' or '..' path segment; write the key prefix literally")
+        raise _url_error("has a '.' or '..' path segment; write the key prefix literally", option)
     return segments
 
 
@@ -212,15 +213,25 @@ def _prefix(segments: list[str]) -> str:
     return "/".join(segments) + "/" if segments else ""
 
 
-def _check_bucket(bucket: str) -> None:
+def _check_bucket(bucket: str, option: str = OPT_URL) -> None:
     if BUCKET_RE.match(bucket) and ".." not in bucket and not IPV4_RE.match(bucket):
         return
     hint = " (bucket names are lowercase)" if bucket.lower() != bucket else ""
     raise _url_error(
         f"names bucket {bucket[:70]!r}, which is not a valid S3 bucket name{hint}: "
         "use 3-63 lowercase letters, digits, dots and hyphens, starting and "
-        "ending with a letter or digit"
+        "ending with a letter or digit",
+        option,
     )
+
+
+def parse_s3_location(url: str, option: str) -> tuple[str, str]:
+    """``s3://<bucket>/<prefix>`` → (bucket, prefix '' or 'a/b/'); a ConfigError names ``option``."""
+    parts = _split(url.strip(), option)
+    if parts.scheme != "s3" or not parts.netloc:
+        raise _url_error(f"must be s3://<bucket>/<prefix>, got {url!r}", option)
+    _check_bucket(parts.netloc, option)
+    return parts.netloc, _prefix(_segments(parts.path, decode=False, option=option))
 
 
 def _partition_of(region: str, option: str) -> Partition:

@@ -11,6 +11,9 @@ On-disk layout under ``spool.path``::
     open/<id>.batch           open batches, one per (location, class, event hour)
     sealed/<id>.batch         closed batches waiting to be stored; header holds the object key
     dead_letter/<day>.ndjson  records no mapping could take (unless dead_letter.location moves it)
+    dead_letter/<uuid7>.ndjson  with an s3:// dead_letter.location: the same lines, one file per
+                              period; closed files are shipped and deleted after the put
+                              (deadletter.py)
 
 Invariants:
 
