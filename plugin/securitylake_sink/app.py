@@ -26,7 +26,7 @@ from securitylake_sink.batch import Batcher, LakeTarget
 from securitylake_sink.config import Config, split_address
 from securitylake_sink.deadletter import DeadLetterShipper, DeadLetterWriter, Rotation, Shipped
 from securitylake_sink.encode.parquet import encode_parquet
-from securitylake_sink.errors import DeliveryError, PermanentDelivery, SpoolCorrupt
+from securitylake_sink.errors import DeliveryError, PermanentDelivery, SpoolCorrupt, SpoolError
 from securitylake_sink.lake.retry import backoff_delay
 from securitylake_sink.lake.s3 import S3Store, resolve_region
 from securitylake_sink.lake.store import ObjectStore, store_for
@@ -41,7 +41,8 @@ from securitylake_sink.sources.handshake import handshake_for
 from securitylake_sink.sources.http import HttpServer
 from securitylake_sink.sources.tls import context_for
 from securitylake_sink.spool import Spool, decode_chunk
-from securitylake_sink.spool.batchfile import BatchFile
+from securitylake_sink.spool.batchfile import SUFFIX, BatchFile
+from securitylake_sink.spool.quarantine import Failures, clear_failures, record_failure
 from securitylake_sink.spool.wal import WalPosition
 from securitylake_sink.telemetry import Histogram, reason_label, tally
 
@@ -54,6 +55,8 @@ STEP_RECORDS = 16_384
 IDLE_WAKE_SECS = 1.0  # how often an idle pipeline checks batch ages
 RETRY_BASE_SECS, RETRY_MAX_SECS = 1.0, 300.0
 T = TypeVar("T")
+# How often the pipeline looks in sealed/ for batches put back by ``spool retry``.
+SEALED_RESCAN_SECS = 2.0
 EXIT_SECOND_SIGNAL = 130  # a second SIGTERM/SIGINT during the flush: exit without finishing it
 
 
@@ -81,6 +84,15 @@ class Counters:
     backpressure_since: float | None = None  # Unix time intake paused on a full spool; None: reading
     dead_letter_objects: int = 0  # dead-letter files shipped to an s3:// dead_letter.location
     dead_letter_failures: dict[str, int] = field(default_factory=dict)  # failed ship attempts, by kind
+
+    def stored(self, class_uid: int, rows: int, size: int) -> None:
+        """Count one object stored in the lake."""
+        self.objects += 1
+        self.object_rows += rows
+        self.object_bytes += size
+        self.by_class[class_uid] = self.by_class.get(class_uid, 0) + rows
+        self.objects_by_class[class_uid] = self.objects_by_class.get(class_uid, 0) + 1
+        self.bytes_by_class[class_uid] = self.bytes_by_class.get(class_uid, 0) + size
 
 
 class App:
@@ -142,6 +154,11 @@ class App:
         self._ship = ThreadPoolExecutor(1, thread_name_prefix="deadletter")
         self._sealed: asyncio.Queue[BatchFile] = asyncio.Queue()
         self._dead_files: asyncio.Queue[Path] = asyncio.Queue()  # closed dead-letter files to ship
+        # Names of the sealed batches queued or being delivered: a batch file in sealed/ that is
+        # not here was put back by ``spool retry``. The pipeline adds, delivery discards (after
+        # the file has left sealed/), so a rescan never queues a batch twice.
+        self._queued: set[str] = set()
+        self._rescanned = time.monotonic()
         self._cursor = WalPosition(0, 0)
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
@@ -160,6 +177,7 @@ class App:
                 self._dead_files.put_nowait(path)
         self.batcher.adopt(opened)
         for batch in sealed:
+            self._queued.add(batch.path.name)
             self._sealed.put_nowait(batch)
         if opened or sealed:
             log.info("recovered batches from the spool", extra={"open": len(opened), "sealed": len(sealed)})
@@ -233,8 +251,10 @@ class App:
             items: list[tuple[WalPosition, Chunk]] = _bounded(wal.take_cached(self._cursor, MAP_LIMIT))
             try:
                 sealed = await loop.run_in_executor(self._pipeline, self._step, items, stopping)
-            except SpoolCorrupt:
-                log.exception("the spool's write-ahead log is damaged; mapping stopped")
+            except (SpoolError, OSError):
+                # Damaged log segments are quarantined by the spool; this is what it could not handle
+                # (e.g. a full disk under the batch files). What is not mapped stays in the log.
+                log.exception("cannot map the spool's write-ahead log; mapping stopped until the sink restarts")
                 raise
             for batch in sealed:
                 self._sealed.put_nowait(batch)
@@ -285,7 +305,24 @@ class App:
             sealed.append(batch)
         if sealed:
             self.spool.refresh_batch_bytes()
-        return sealed
+        self._queued.update(batch.path.name for batch in sealed)
+        return sealed + self._put_back()
+
+    def _put_back(self) -> list[BatchFile]:
+        """Sealed batches not queued yet: put back from quarantine/ while the sink runs."""
+        if time.monotonic() - self._rescanned < SEALED_RESCAN_SECS:
+            return []
+        self._rescanned = time.monotonic()
+        found = []
+        for path in sorted(self.spool.sealed_dir.glob(f"*{SUFFIX}")):
+            if path.name in self._queued:
+                continue
+            batch = self.spool.adopt_sealed(path)
+            if batch is not None:
+                log.info("found a sealed batch put back for delivery", extra={"file": path.name, "rows": batch.rows})
+                self._queued.add(path.name)
+                found.append(batch)
+        return found
 
     @staticmethod
     def _decode(payload: bytes) -> Chunk:
@@ -327,34 +364,76 @@ class App:
                 )
                 await asyncio.sleep(delay)
 
-    def _delivery_failed(self, exc: Exception, permanent: bool) -> None:
-        self.counters.delivery_failures += 1
-        self.counters.delivery_retries += 1  # every failed attempt is tried again
-        self.counters.permanent_failures += permanent
-        self.counters.delivery_failing = str(exc) if permanent else None
-
     async def _deliver_loop(self) -> None:
         while True:
             batch = await self._sealed.get()
-            rows, size = await self._until_done(
-                self._deliver,
-                partial(self._deliver_one, batch),
-                (DeliveryError,),
-                self._delivery_failed,
-                message="could not store an object; it stays in the spool and is retried",
-                what={"key": batch.header.key},
-            )
-            self.counters.delivery_failing = None
-            self.counters.objects += 1
-            self.counters.object_rows += rows
-            self.counters.object_bytes += size
-            cls = batch.header.class_uid
-            self.counters.by_class[cls] = self.counters.by_class.get(cls, 0) + rows
-            self.counters.objects_by_class[cls] = self.counters.objects_by_class.get(cls, 0) + 1
-            self.counters.bytes_by_class[cls] = self.counters.bytes_by_class.get(cls, 0) + size
-            log.info("stored an object", extra={"key": batch.header.key, "rows": rows, "bytes": size})
+            stored = await self._deliver_batch(batch)
+            self._queued.discard(batch.path.name)
+            if stored is not None:
+                rows, size = stored
+                self.counters.stored(batch.header.class_uid, rows, size)
+                log.info("stored an object", extra={"key": batch.header.key, "rows": rows, "bytes": size})
             self._sealed.task_done()
             self.spool.refresh_batch_bytes()
+
+    async def _deliver_batch(self, batch: BatchFile) -> tuple[int, int] | None:
+        """Store one sealed batch, retrying; (rows, bytes), or None when it went to quarantine."""
+        loop = asyncio.get_running_loop()
+        attempt = 0
+        while True:
+            try:
+                stored = await loop.run_in_executor(self._deliver, self._deliver_one, batch)
+                self.counters.delivery_failing = None
+                return stored
+            except SpoolCorrupt as exc:
+                if await loop.run_in_executor(self._deliver, self._set_aside, batch, "corrupt", str(exc), None):
+                    return None
+                reason, permanent = str(exc), False
+            except DeliveryError as exc:
+                reason, permanent = str(exc), isinstance(exc, PermanentDelivery)
+                self.counters.delivery_failures += 1
+                self.counters.permanent_failures += permanent
+                self.counters.delivery_failing = reason if permanent else None
+                if permanent and await loop.run_in_executor(self._deliver, self._count_rejection, batch, reason):
+                    self.counters.delivery_failing = None
+                    return None
+                self.counters.delivery_retries += 1
+            attempt += 1
+            delay = backoff_delay(attempt, base_secs=RETRY_BASE_SECS, cap_secs=RETRY_MAX_SECS)
+            log.warning(
+                "could not store an object; it stays in the spool and is retried",
+                extra={
+                    "key": batch.header.key,
+                    "attempt": attempt,
+                    "retry_in_secs": round(delay, 1),
+                    "permanent": permanent,
+                    "reason": reason,
+                },
+            )
+            await asyncio.sleep(delay)
+
+    def _count_rejection(self, batch: BatchFile, reason: str) -> bool:
+        """Deliver thread: count a permanent rejection durably; quarantine the batch (True) once they
+        reached ``delivery.max_attempts`` or have lasted ``delivery.max_age_secs``."""
+        try:
+            failures = record_failure(batch.path, reason)
+        except OSError as exc:
+            log.warning("cannot count a rejection of an object", extra={"key": batch.header.key, "reason": str(exc)})
+            return False
+        limits = self.config.delivery
+        lasted = failures.last_failure - failures.first_failure
+        if failures.attempts < limits.max_attempts and lasted < limits.max_age_secs:
+            return False
+        return self._set_aside(batch, "permanent_failure", reason, failures)
+
+    def _set_aside(self, batch: BatchFile, cause: str, reason: str, failures: Failures | None) -> bool:
+        """Deliver thread: move a batch to quarantine/; False (it stays sealed) when that fails."""
+        try:
+            self.spool.quarantine_batch(batch, cause, reason, failures)
+        except OSError as exc:
+            log.error("cannot quarantine a batch; it stays sealed", extra={"file": batch.path.name, "reason": str(exc)})
+            return False
+        return True
 
     def _deliver_one(self, batch: BatchFile) -> tuple[int, int]:
         schema = load_schema(batch.header.ocsf_version).arrow_schema(batch.header.class_uid)
@@ -364,6 +443,7 @@ class App:
         self.store.put(batch.header.key, data)
         self.counters.upload_seconds.observe(time.monotonic() - started)
         batch.path.unlink(missing_ok=True)
+        clear_failures(batch.path)
         return table.num_rows, len(data)
 
     def _shipping_failed(self, _exc: Exception, permanent: bool) -> None:

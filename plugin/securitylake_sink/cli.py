@@ -1,5 +1,5 @@
-"""The command line: ``run``, ``check-config``, ``doctor``, ``replay``, ``map``, ``iam-policy``, ``sources``
-and ``demo``; exit 0 on success, 2 on bad config."""
+"""The command line: ``run``, ``check-config``, ``doctor``, ``replay``, ``map``, ``iam-policy``, ``sources``,
+``spool`` and ``demo``; exit 0 on success, 2 on bad config."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import asyncio
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from securitylake_sink import __version__
 from securitylake_sink.config import Config, load_config
@@ -65,10 +66,53 @@ def _parser() -> argparse.ArgumentParser:
         "--crawler-role-arn", help="the Glue crawler role ARN (default: $CRAWLER_ROLE_ARN at run time)"
     )
     sources.add_argument("--json", action="store_true", help="print the sources as one JSON object")
+    _spool_parser(sub)
     demo = sub.add_parser("demo", help="run the sink on a temporary local lake with sample records")
     demo.add_argument("--lake", help="directory for the demo lake (default: a new temporary directory)")
     demo.add_argument("--records", type=int, default=5000, help="how many records to send")
     return parser
+
+
+def _spool_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    where = argparse.ArgumentParser(add_help=False)
+    which = where.add_mutually_exclusive_group(required=True)
+    which.add_argument("-c", "--config", help="the YAML config file (its spool.path)")
+    which.add_argument("--spool", metavar="PATH", help="the spool directory")
+    spool = sub.add_parser("spool", help="list what a spool holds; retry or drop quarantined items")
+    actions = spool.add_subparsers(dest="action", required=True, metavar="ACTION")
+    ls = actions.add_parser("ls", parents=[where], help="open, sealed and quarantined batches, log bytes, backlog")
+    ls.add_argument("--json", action="store_true", help="print everything as one JSON object")
+    retry = actions.add_parser(
+        "retry", parents=[where], help="move quarantined batches back to sealed/ (a running sink picks them up)"
+    )
+    drop = actions.add_parser("drop", parents=[where], help="delete quarantined items for good")
+    drop.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    for action in (retry, drop):
+        action.add_argument("--all", action="store_true", help="every quarantined item")
+        action.add_argument("ids", nargs="*", metavar="ID", help="quarantined item ids, as `spool ls` shows them")
+
+
+def _spool(args: argparse.Namespace) -> int:
+    from securitylake_sink import spoolcli  # noqa: PLC0415
+
+    if args.spool:
+        path = Path(args.spool)
+    else:
+        try:
+            path = _load(args.config).spool.path
+        except ConfigError as exc:
+            return _config_errors(exc)
+    try:
+        if args.action == "ls":
+            return spoolcli.list_spool(path, sys.stdout, sys.stderr, as_json=args.json)
+        if args.action == "retry":
+            return spoolcli.retry_items(path, args.ids, args.all, sys.stdout, sys.stderr)
+        return spoolcli.drop_items(
+            path, args.ids, args.all, yes=args.yes, answer=sys.stdin, out=sys.stdout, err=sys.stderr
+        )
+    except OSError as exc:
+        print(f"error: {exc.filename or path}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_FAILED
 
 
 def _config_errors(exc: ConfigError) -> int:
@@ -217,6 +261,8 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 (one return
         return _map(args)
     if args.command in ("iam-policy", "sources"):
         return _setup_helper(args)
+    if args.command == "spool":
+        return _spool(args)
     from securitylake_sink.demo import demo  # noqa: PLC0415
 
     setup_logging("warning")

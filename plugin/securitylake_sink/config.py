@@ -11,6 +11,7 @@ __all__ = [
     "BatchConfig",
     "Config",
     "DeadLetterConfig",
+    "DeliveryConfig",
     "DestinationConfig",
     "ForwardListen",
     "ForwardTls",
@@ -81,6 +82,12 @@ DEFAULT_DEDUP_SECS = 3600.0  # and for how long
 SPOOL_FREE_SHARE = 0.10
 SPOOL_MAX_BYTES_CAP = 64 * 1024**3
 DEFAULT_SHUTDOWN_TIMEOUT_SECS = 30.0
+# An object rejected permanently (access denied, no such bucket, KMS key disabled) this many times,
+# or for this long since its first rejection, is moved to <spool.path>/quarantine/. With the
+# delivery backoff (capped at 300 s) ten rejections take several minutes: enough for a policy
+# being rolled out, short enough that one bad object does not hold the rest back for long.
+DEFAULT_DELIVERY_MAX_ATTEMPTS = 10
+DEFAULT_DELIVERY_MAX_AGE_SECS = 86_400.0
 DEFAULT_OCSF_VERSION = "1.1.0"
 # The integration contract: the writer role's name starts with this prefix (configurable).
 DEFAULT_ROLE_NAME_PREFIX = "SynqlyAccess"
@@ -440,6 +447,13 @@ class SpoolConfig(_Model):
         return min(SPOOL_MAX_BYTES_CAP, int(stat.f_bavail * stat.f_frsize * SPOOL_FREE_SHARE))
 
 
+class DeliveryConfig(_Model):
+    """When an object that keeps failing permanently is set aside; transient failures retry forever."""
+
+    max_attempts: int = Field(DEFAULT_DELIVERY_MAX_ATTEMPTS, ge=1)
+    max_age_secs: float = Field(DEFAULT_DELIVERY_MAX_AGE_SECS, gt=0)
+
+
 class ShutdownConfig(_Model):
     timeout_secs: float = Field(DEFAULT_SHUTDOWN_TIMEOUT_SECS, gt=0)  # bounds the flush on SIGTERM
 
@@ -526,6 +540,7 @@ class Config(_Model):
     listen: ListenConfig = ListenConfig()
     batch: BatchConfig = BatchConfig()
     spool: SpoolConfig = SpoolConfig()
+    delivery: DeliveryConfig = DeliveryConfig()
     shutdown: ShutdownConfig = ShutdownConfig()
     ocsf: OcsfConfig = OcsfConfig()
     mappings: tuple[MappingBinding, ...] = ()

@@ -18,6 +18,7 @@ from aiohttp import web
 
 from securitylake_sink.config import split_address
 from securitylake_sink.spool.batchfile import SUFFIX
+from securitylake_sink.spool.quarantine import count_items
 from securitylake_sink.telemetry import CONTENT_TYPE, Snapshot, credential_expiry, render_metrics
 
 if TYPE_CHECKING:
@@ -122,14 +123,19 @@ def app_snapshot(app: App, started: float) -> Snapshot:
     oldest = _oldest_batch_ns((app.spool.open_dir, app.spool.sealed_dir))
     permanent = counters.permanent_failures
     received, acked = {FORWARD: stats.records}, {FORWARD: stats.acks}
+    http_requests, http_responses = 0, {}
     if app.http is not None:  # a 2xx answer is the HTTP source's ack
         received[HTTP], acked[HTTP] = app.http.stats.records, app.http.stats.chunks
+        http_requests, http_responses = app.http.stats.requests, dict(app.http.stats.responses)
     return Snapshot(
         records_received=received,
         records_mapped=counters.mapped,
         records_dead_lettered=dict(counters.dead_letter_reasons),
         records_dropped=dict(counters.dropped),
         chunks_acked=acked,
+        chunks_deduplicated=app.spool.deduplicated,
+        http_requests=http_requests,
+        http_responses=http_responses,
         objects_delivered=dict(counters.objects_by_class),
         rows_delivered=dict(counters.by_class),
         bytes_delivered=dict(counters.bytes_by_class),
@@ -139,6 +145,8 @@ def app_snapshot(app: App, started: float) -> Snapshot:
         dead_letter_objects=counters.dead_letter_objects,
         dead_letter_failures=dict(counters.dead_letter_failures),
         spool_bytes=spool_bytes,
+        quarantined=dict(app.spool.quarantined),
+        quarantine_items=count_items(app.spool.path),
         spool_oldest_age_secs=None if oldest is None else max(0.0, (time.time_ns() - oldest) / 1e9),
         backpressure_since=counters.backpressure_since,
         credential_expiry=credential_expiry(),

@@ -253,6 +253,7 @@ def resolve_plan(config: Config) -> dict[str, Any]:
             "dedup_tokens": config.spool.dedup_tokens,
             "dedup_secs": config.spool.dedup_secs,
         },
+        "delivery": config.delivery.model_dump(),
         "ocsf": {"version": config.ocsf.version},
         "mappings": [m.model_dump() for m in config.mappings],
         "mappings_fallback": config.mappings_fallback,

@@ -95,6 +95,9 @@ class Snapshot:
     records_dead_lettered: Mapping[str, int] = field(default_factory=dict)  # by reason
     records_dropped: Mapping[str, int] = field(default_factory=dict)  # by reason
     chunks_acked: Mapping[str, int] = field(default_factory=dict)  # by source
+    chunks_deduplicated: int = 0
+    http_requests: int = 0
+    http_responses: Mapping[int, int] = field(default_factory=dict)  # by status code
     objects_delivered: Mapping[int, int] = field(default_factory=dict)  # by class_uid
     rows_delivered: Mapping[int, int] = field(default_factory=dict)
     bytes_delivered: Mapping[int, int] = field(default_factory=dict)
@@ -104,6 +107,8 @@ class Snapshot:
     dead_letter_objects: int = 0
     dead_letter_failures: Mapping[str, int] = field(default_factory=dict)  # by kind
     spool_bytes: int = 0
+    quarantined: Mapping[str, int] = field(default_factory=dict)  # set aside by this process, by kind
+    quarantine_items: Mapping[str, int] = field(default_factory=dict)  # in quarantine/ now, by kind
     spool_oldest_age_secs: float | None = None
     backpressure_since: float | None = None  # Unix time; None while reading
     credential_expiry: float | None = None  # Unix time; None for file lakes
@@ -161,6 +166,13 @@ CATALOGUE: Final[tuple[MetricSpec, ...]] = (
                lambda s: _by(s.records_received)),
     MetricSpec("chunks_acked", "counter", "Chunks acked to their shipper after they were durable, by source.",
                ("source",), lambda s: _by(s.chunks_acked)),
+    MetricSpec("chunks_deduplicated", "counter",
+               "Chunks acked again without being stored again: resends within the dedup window.", (),
+               lambda s: _one(s.chunks_deduplicated)),
+    MetricSpec("http_requests", "counter", "HTTP requests received by the http source.", (),
+               lambda s: _one(s.http_requests)),
+    MetricSpec("http_responses", "counter", "HTTP source answers, by status code.", ("code",),
+               lambda s: _by(s.http_responses)),
     MetricSpec("forward_connections", "counter", "Forward connections accepted.", (),
                lambda s: _one(s.forward_connections)),
     MetricSpec("forward_connections_refused", "counter", "Forward connections refused: server full or closing.",
@@ -199,6 +211,11 @@ CATALOGUE: Final[tuple[MetricSpec, ...]] = (
     # spool and process
     MetricSpec("spool_bytes", "gauge", "Bytes the spool holds on disk: write-ahead log and batches.", (),
                lambda s: _one(s.spool_bytes)),
+    MetricSpec("quarantined", "counter",
+               "Items this process moved to the spool's quarantine/, by kind (batch, wal_segment).", ("kind",),
+               lambda s: _by(s.quarantined)),
+    MetricSpec("quarantine_items", "gauge", "Items in the spool's quarantine/ now, by kind (batch, wal_segment).",
+               ("kind",), lambda s: _by(s.quarantine_items)),
     MetricSpec("spool_oldest_record_age_seconds", "gauge",
                "Age of the oldest batch the spool holds (open or waiting for delivery); 0 when empty.", (),
                lambda s: _one(s.spool_oldest_age_secs or 0.0)),

@@ -589,6 +589,12 @@ RULES = [
         [f"at least {MIB}"],
         id="spool-max_bytes-below-1MiB",
     ),
+    # delivery
+    pytest.param({"delivery": {"max_attempts": 0}}, "delivery.max_attempts", ["at least 1"], id="max_attempts-zero"),
+    pytest.param(
+        {"delivery": {"max_attempts": "many"}}, "delivery.max_attempts", ["integer"], id="max_attempts-not-int"
+    ),
+    pytest.param({"delivery": {"max_age_secs": 0}}, "delivery.max_age_secs", ["greater than 0"], id="delivery-age-0"),
     # mappings
     pytest.param(
         {"mappings": [{"match": "a.*", "rule": "ocsf"}, {"match": "b.*", "rule": "cef"}]},

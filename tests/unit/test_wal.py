@@ -235,6 +235,42 @@ async def test_damaged_record_in_an_older_segment_is_corruption(wal_dir: Path) -
     wal.close()
 
 
+async def test_damaged_older_segment_is_set_aside_after_the_records_before_the_damage(wal_dir: Path) -> None:
+    # GIVEN three records per segment, the first segment damaged inside its second record, and a
+    # reader whose damaged segments go to a callback (the spool's quarantine)
+    wal = open_wal(wal_dir, segment_bytes=120)
+    await append_all(wal, [payload(i) for i in range(10)])
+    wal.close()
+    first = sorted(wal_dir.glob("*.wal"))[0]
+    record = RECORD_OVERHEAD + 40
+    data = bytearray(first.read_bytes())
+    data[record + RECORD_OVERHEAD + 5] ^= 0xFF  # inside the second record's payload
+    first.write_bytes(bytes(data))
+    wal = open_wal(wal_dir, segment_bytes=120)
+    damaged: list[tuple[str, int, bytes]] = []
+
+    def set_aside(path: Path, offset: int) -> None:
+        damaged.append((path.name, offset, path.read_bytes()))
+        path.unlink()
+
+    wal.on_damaged = set_aside
+
+    # WHEN the reader reads from the start
+    before, _ = wal.read_from(START, 100)
+    # THEN it first hands out only the record before the damage, and sets nothing aside yet
+    assert [p for _, p in before] == [payload(0)]
+    assert damaged == []
+    # WHEN it reads on from there THEN the segment goes to the callback with the damage's offset,
+    # and reading goes on with the next segment
+    rest, _ = wal.read_from(before[-1][0], 100)
+    assert [p for _, p in rest] == [payload(i) for i in range(3, 10)]
+    assert [(name, offset) for name, offset, _ in damaged] == [(first.name, record)]
+    assert damaged[0][2] == bytes(data)
+    assert not first.exists()
+    assert rest[0][0].segment == int(first.stem) + 1
+    wal.close()
+
+
 # -- rotation ------------------------------------------------------------------------------------
 
 

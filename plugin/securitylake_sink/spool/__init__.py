@@ -10,6 +10,10 @@ On-disk layout under ``spool.path``::
                               before log segments are released (resend deduplication)
     open/<id>.batch           open batches, one per (location, class, event hour)
     sealed/<id>.batch         closed batches waiting to be stored; header holds the object key
+    sealed/<id>.failures      JSON: that batch's permanent rejections so far (count, first, last)
+    quarantine/<id>.batch     batches set aside: rejected permanently too often, or unreadable
+    quarantine/<seq>.wal      log segments damaged before their end (the part before was mapped)
+    quarantine/<id>.reason.json   why each item is there (quarantine.py; ``spool ls`` shows it)
     dead_letter/<day>.ndjson  records no mapping could take (unless dead_letter.location moves it)
     dead_letter/<uuid7>.ndjson  with an s3:// dead_letter.location: the same lines, one file per
                               period; closed files are shipped and deleted after the put
@@ -37,11 +41,21 @@ Invariants:
    holds the chunk (Forward stops reading, HTTP answers 503) and tries again. Log segments are
    at most a quarter of ``max_bytes``, so mapped log bytes are released while intake waits; a
    full spool seals its open batches at once, so delivery can drain it.
+7. Quarantine: nothing leaves the spool unstored except through ``quarantine/`` (or ``spool
+   drop``). A sealed batch is quarantined only after permanent rejections (``PermanentDelivery``)
+   reached ``delivery.max_attempts`` or lasted ``delivery.max_age_secs``; transient failures never
+   count and retry forever. The count is kept in ``sealed/<id>.failures`` (written before the
+   next attempt), so it survives restarts. A batch that ``spool retry`` puts back into ``sealed/``
+   starts a fresh count; the running sink looks for such batches every few seconds.
 
-Recovery (``open``): cut a torn tail off the newest log segment; in every open batch cut a torn
-tail and every frame past the checkpoint (those chunks are mapped again from the log);
-rebuild the token set from the ``tokens`` file plus every log segment still on disk;
-then the mapper resumes at the checkpoint and sealed batches are stored.
+Recovery (``open``): cut a torn tail off the newest log segment (a crash artefact, not damage);
+in every open batch cut a torn tail and every frame past the checkpoint (those chunks are mapped
+again from the log); move batch files that cannot be read, and sealed ones with any damage (they
+were whole when sealed), to ``quarantine/``; rebuild the token set from the ``tokens`` file plus
+every log segment still on disk; then the mapper resumes at the checkpoint and sealed batches are
+stored. When the mapper meets a damaged record in an older
+segment (bad checksum or framing before the segment's end), it maps the records before it, moves
+the segment to ``quarantine/`` with the offset of the damage, and goes on with the next segment.
 """
 
 from __future__ import annotations
@@ -65,6 +79,7 @@ import msgpack
 
 from securitylake_sink.errors import Backpressure, SpoolCorrupt, SpoolError, SpoolLocked
 from securitylake_sink.model import Chunk
+from securitylake_sink.spool import quarantine
 from securitylake_sink.spool.batchfile import SUFFIX, BatchFile
 from securitylake_sink.spool.wal import SEGMENT_BYTES, WalPosition, WriteAheadLog, fsync_dir, scan_records
 
@@ -183,6 +198,9 @@ class Spool:
         self.wal = WriteAheadLog(path / "wal")
         self.open_dir = path / "open"
         self.sealed_dir = path / "sealed"
+        self.quarantine_dir = path / quarantine.QUARANTINE_DIR
+        self.quarantined: dict[str, int] = {}  # items this process set aside, by kind
+        self.wal.on_damaged = self._quarantine_segment
         self._lock: IO[bytes] | None = None
         self.checkpoint = WalPosition(0, 0)
         self.max_bytes = max_bytes
@@ -199,7 +217,7 @@ class Spool:
     def open(self) -> tuple[list[BatchFile], list[BatchFile]]:
         """Lock, recover, and return the (open, sealed) batches found on disk."""
         try:
-            for d in (self.path, self.open_dir, self.sealed_dir):
+            for d in (self.path, self.open_dir, self.sealed_dir, self.quarantine_dir):
                 d.mkdir(parents=True, exist_ok=True)
             self._lock = (self.path / "lock").open("ab")
         except OSError as exc:
@@ -212,17 +230,38 @@ class Spool:
         self.wal.open()
         self._recover_tokens()
         opened = [self._recover(p, self.checkpoint) for p in sorted(self.open_dir.glob(f"*{SUFFIX}"))]
-        sealed = [self._recover(p, None) for p in sorted(self.sealed_dir.glob(f"*{SUFFIX}"))]
+        sealed = [self._recover(p, None, sealed=True) for p in sorted(self.sealed_dir.glob(f"*{SUFFIX}"))]
+        quarantine.remove_orphan_failures(self.sealed_dir)
         self.refresh_batch_bytes()
         return [b for b in opened if b is not None], [b for b in sealed if b is not None]
 
-    def _recover(self, path: Path, checkpoint: WalPosition | None) -> BatchFile | None:
+    def _recover(self, path: Path, checkpoint: WalPosition | None, *, sealed: bool = False) -> BatchFile | None:
         try:
-            return BatchFile.open(path, checkpoint)
+            return BatchFile.open(path, checkpoint, sealed=sealed)
         except SpoolCorrupt as exc:
-            log.error("set aside a batch file that cannot be read", extra={"file": str(path), "reason": str(exc)})
-            path.rename(path.with_suffix(".corrupt"))
+            self.quarantine_batch(path, "corrupt", str(exc))
             return None
+
+    def adopt_sealed(self, path: Path) -> BatchFile | None:
+        """A batch found in ``sealed/`` while running (put back by ``spool retry``); None when it
+        is gone or unreadable (then quarantined again)."""
+        try:
+            return self._recover(path, None, sealed=True)
+        except FileNotFoundError:
+            return None
+
+    # -- quarantine ----------------------------------------------------------------------
+    def quarantine_batch(
+        self, batch: BatchFile | Path, cause: str, error: str, failures: quarantine.Failures | None = None
+    ) -> None:
+        """Set a batch file aside in ``quarantine/`` with its reason (see quarantine.py)."""
+        quarantine.quarantine_batch(self.path, batch, cause, error, failures)
+        self.quarantined["batch"] = self.quarantined.get("batch", 0) + 1
+        self.refresh_batch_bytes()
+
+    def _quarantine_segment(self, segment_path: Path, offset: int) -> None:
+        quarantine.quarantine_segment(self.path, segment_path, offset)
+        self.quarantined["wal_segment"] = self.quarantined.get("wal_segment", 0) + 1
 
     # -- deduplication -------------------------------------------------------------------
     def _recover_tokens(self) -> None:

@@ -67,15 +67,37 @@ class BatchFile:
         return cls(path, header)
 
     @classmethod
-    def open(cls, path: Path, checkpoint: WalPosition | None = None) -> BatchFile:
+    def open(cls, path: Path, checkpoint: WalPosition | None = None, *, sealed: bool = False) -> BatchFile:
         """Open an existing file; cut a torn tail, and the frames of chunks past ``checkpoint``
-        (those chunks are mapped again from the write-ahead log)."""
+        (those chunks are mapped again from the write-ahead log). A ``sealed`` file was fsynced
+        whole before it was sealed: bytes past its last good frame are damage (SpoolCorrupt)."""
         data = path.read_bytes()
+        batch, good = cls._scan(path, data, checkpoint)
+        if sealed and good < len(data):
+            raise SpoolCorrupt(f"sealed batch file {path.name} is damaged at byte {good} ({batch.rows} rows before it)")
+        if good < len(data):
+            with path.open("r+b") as f:
+                f.truncate(good)
+                os.fsync(f.fileno())
+        return batch
+
+    @classmethod
+    def peek(cls, path: Path) -> BatchFile:
+        """Read an existing file's header and row count without changing it (another process
+        may own it)."""
+        return cls._scan(path, path.read_bytes(), None)[0]
+
+    @classmethod
+    def _scan(cls, path: Path, data: bytes, checkpoint: WalPosition | None) -> tuple[BatchFile, int]:
+        """The batch in ``data`` and where its last frame at or before ``checkpoint`` ends."""
         records = scan_records(data)
         first = next(records, None)
         if first is None:
             raise SpoolCorrupt(f"batch file {path.name} has no readable header")
-        header = BatchHeader(**json.loads(first[2]))
+        try:
+            header = BatchHeader(**json.loads(first[2]))
+        except (ValueError, TypeError) as exc:
+            raise SpoolCorrupt(f"batch file {path.name} has an unreadable header: {exc}") from exc
         good, rows, size = first[1], 0, 0
         for _, end, payload in records:
             pos = WalPosition(*FRAME_POS.unpack_from(payload))
@@ -83,11 +105,7 @@ class BatchFile:
                 break
             frame_rows, frame_bytes = ROWS.unpack_from(payload, FRAME_POS.size)
             good, rows, size = end, rows + frame_rows, size + frame_bytes
-        if good < len(data):
-            with path.open("r+b") as f:
-                f.truncate(good)
-                os.fsync(f.fileno())
-        return cls(path, header, rows=rows, size=size)
+        return cls(path, header, rows=rows, size=size), good
 
     def append(self, batch: pa.RecordBatch, position: WalPosition) -> None:
         if self._file is None:
@@ -130,7 +148,10 @@ class BatchFile:
             end = frame_end
             if index == 0:
                 continue
-            batches.append(_deserialize(pa.py_buffer(payload)[FRAME_POS.size + ROWS.size :], schema))
+            try:
+                batches.append(_deserialize(pa.py_buffer(payload)[FRAME_POS.size + ROWS.size :], schema))
+            except (pa.ArrowException, ValueError) as exc:
+                raise SpoolCorrupt(f"batch file {self.path.name} has an unreadable frame: {exc}") from exc
         if end != len(data):
             raise SpoolCorrupt(f"batch file {self.path.name} is damaged at byte {end}")
         if not batches:

@@ -3,7 +3,9 @@
 Records are ``MAGIC | u32 length | u32 crc32(payload) | payload`` in segment files named by a
 sequence number. ``append`` returns only after the record is on disk (one fsync serves every
 append that arrived while the previous fsync ran). A torn record at the tail of the newest
-segment is cut off on open; everything before it is kept.
+segment is cut off on open; everything before it is kept. A damaged record in an older segment
+is found by the reader: the records before it are handed out, then ``on_damaged`` moves the
+segment away (the spool quarantines it) and reading goes on with the next segment.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import os
 import struct
 import zlib
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,6 +90,9 @@ class WriteAheadLog:
         self._cache_bytes = 0
         self.durable = asyncio.Event()  # set whenever new records become durable
         self.appended_bytes = 0
+        # Moves a segment damaged before its end out of the log, given the path and the offset of
+        # the damage (the spool's quarantine); None: reading it raises SpoolCorrupt.
+        self.on_damaged: Callable[[Path, int], None] | None = None
 
     # -- opening and recovery ------------------------------------------------------------
     def open(self) -> None:
@@ -249,7 +254,12 @@ class WriteAheadLog:
                 if len(out) >= limit:
                     break
             if len(out) < limit and last < limit_offset and segment != end.segment:
-                raise SpoolCorrupt(f"spool segment {path.name} is damaged at byte {last}")
+                if self.on_damaged is None:
+                    raise SpoolCorrupt(f"spool segment {path.name} is damaged at byte {last}")
+                if last > start:
+                    break  # the records before the damage are mapped first; the next read sets it aside
+                self.on_damaged(path, last)
+                self._segment_sizes.pop(segment, None)
         return out, end
 
     def disk_bytes(self) -> int:
