@@ -3,7 +3,8 @@ real ``securitylake-sink run`` process with a ``file://`` lake; prints records/s
 byte to the last object written, sink CPU seconds per million records, peak RSS, ack latency and
 bytes on the wire against bytes of Parquet, and writes them as JSON.
 
-    .venv/bin/python bench/e2e.py [--records 200000] [--chunk 1000] [--mix MIX] [--rate R] [--json out.json]
+    .venv/bin/python bench/e2e.py [--records 200000] [--chunk 1000] [--mix MIX] [--rate R] [--workers N]
+                                  [--json out.json]
     .venv/bin/python bench/e2e.py --smoke     # a few thousand records; checks counts only
 
 MIX is one of bench/records.py's mixes (default ``mixed``); ``--rate`` paces the sender to that
@@ -65,15 +66,19 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_sink(tmp: Path, port: int) -> subprocess.Popen[bytes]:
-    """Start the sink on ``sink_config(tmp, port)`` and wait until it accepts connections."""
+def start_sink(tmp: Path, port: int, workers: int = 1) -> subprocess.Popen[bytes]:
+    """Start the sink (``run --workers``) on ``sink_config(tmp, port)`` and wait until it accepts
+    connections."""
     config = sink_config(tmp, port)
+    command = [str(BIN), "run", "-c", str(config), "--log-level", "warning", "--workers", str(workers)]
     with (tmp / "sink.log").open("wb") as log:
-        sink = subprocess.Popen([str(BIN), "run", "-c", str(config), "--log-level", "warning"], stdout=log, stderr=log)
+        sink = subprocess.Popen(command, stdout=log, stderr=log)
     deadline = time.monotonic() + 60
     while True:
         try:
             socket.create_connection(("127.0.0.1", port), 0.2).close()
+            if workers > 1:  # the first worker to bind answers: give the others time to bind too
+                time.sleep(3)
             return sink
         except OSError:
             if sink.poll() is not None or time.monotonic() > deadline:
@@ -93,10 +98,9 @@ def stop_sink(sink: subprocess.Popen[bytes]) -> tuple[int, float, float]:
 def lake_figures(tmp: Path) -> dict[str, Any]:
     """Rows, objects, Parquet bytes and the last object's write time in ``tmp/lake``; dead letters."""
     objects = list((tmp / "lake").rglob("*.parquet"))
-    dead_dir = tmp / "spool" / "dead_letter"
     return {
         "rows_in_lake": sum(pq.ParquetFile(p).metadata.num_rows for p in objects),
-        "dead_letters": sum(1 for p in dead_dir.glob("*.ndjson") for _ in p.open()),
+        "dead_letters": sum(1 for p in (tmp / "spool").rglob("dead_letter/*.ndjson") for _ in p.open()),
         "objects": len(objects),
         "parquet_bytes": sum(p.stat().st_size for p in objects),
         "last_object_at": max((p.stat().st_mtime for p in objects), default=0.0),
@@ -139,12 +143,12 @@ def _wait_for(generator: Any, results: Any) -> dict[str, Any]:
 
 
 def run(mix: str, records: int, chunk: int = DEFAULT_CHUNK, *, start_ms: int | None = None,
-        rate: float | None = None) -> dict[str, Any]:
+        rate: float | None = None, workers: int = 1) -> dict[str, Any]:
     """One sink run of ``records`` records of ``mix``; the figures as a flat dict."""
     start_ms = start_ms if start_ms is not None else int(time.time() * 1000)
     tmp = Path(tempfile.mkdtemp(prefix="slsink-bench-"))
     port = free_port()
-    sink = start_sink(tmp, port)
+    sink = start_sink(tmp, port, workers)
     try:
         ctx = mp.get_context("spawn")
         results: Any = ctx.Queue()
@@ -188,10 +192,12 @@ def main() -> int:
     parser.add_argument("--chunk", type=int, default=DEFAULT_CHUNK)
     parser.add_argument("--mix", choices=sorted(MIXES), default="mixed")
     parser.add_argument("--rate", type=float, help="pace the sender to this many records per second")
+    parser.add_argument("--workers", type=int, default=1, help="run the sink with --workers N")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--smoke", action="store_true", help="a few thousand records; exit 1 unless counts match")
     args = parser.parse_args()
-    figures = run(args.mix, 3000 if args.smoke else args.records, 500 if args.smoke else args.chunk, rate=args.rate)
+    figures = run(args.mix, 3000 if args.smoke else args.records, 500 if args.smoke else args.chunk, rate=args.rate,
+                  workers=args.workers)
     for key, value in figures.items():
         print(f"{key:28} {value}")
     if args.json:

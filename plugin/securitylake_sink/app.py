@@ -15,7 +15,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
@@ -105,8 +105,10 @@ class App:
         store: ObjectStore | None = None,
         dead_letter_store: ObjectStore | None = None,
         listen: bool = True,
+        reuse_port: bool = False,
     ) -> None:
-        """``listen=False`` starts no network listener (``replay`` feeds the spool directly)."""
+        """``listen=False`` starts no network listener (``replay`` feeds the spool directly);
+        ``reuse_port`` shares the listening ports with the other workers of ``run --workers``."""
         self.config = config
         self.listen = listen
         # HeadBucket at start-up when neither the config, the URL nor the bucket name gives the region.
@@ -144,9 +146,14 @@ class App:
             max_frame_bytes=config.listen.forward.max_frame_bytes,
             ssl=context_for(config.listen.forward.tls),
             handshake=handshake_for(config.listen.forward),
+            reuse_port=reuse_port,
         )
         self.metrics: MetricsServer | None = None
-        self.http = HttpServer.from_config(self.spool, config.listen.http) if listen and config.listen.http else None
+        self.http = (
+            HttpServer.from_config(self.spool, config.listen.http, reuse_port=reuse_port)
+            if listen and config.listen.http
+            else None
+        )
         self.counters = Counters()
         self.spool.on_backpressure = self._backpressure
         self._pipeline = ThreadPoolExecutor(1, thread_name_prefix="pipeline")
@@ -193,7 +200,7 @@ class App:
             self._tasks.append(asyncio.create_task(self._dead_letter_loop(self.shipper), name="deadletter"))
         self.metrics = await serve_metrics(self) if self.listen else None
         log.info(
-            "securitylake-sink is serving",
+            "securitylake-sink is serving" if self.listen else "securitylake-sink is running without listeners",
             extra={
                 "forward": f"{self.forward.port}" if self.listen else "off",
                 "http": f"{self.http.port}" if self.http is not None else "off",
@@ -203,6 +210,12 @@ class App:
                 "spool_max_bytes": self.spool.max_bytes,
             },
         )
+
+    async def drain(self) -> None:
+        """Take no more data and wait, without a time limit, until everything held is stored."""
+        self._stopping.set()
+        self.spool.wal.durable.set()
+        await asyncio.shield(self._drained.wait())
 
     async def shutdown(self, timeout: float | None = None) -> bool:
         """Stop accepting, map and store everything held; True when nothing is left behind."""
@@ -480,10 +493,37 @@ def _bounded(items: list[tuple[WalPosition, Chunk]]) -> list[tuple[WalPosition, 
     return items
 
 
-async def run(config: Config, *, ready: Callable[[App], None] | None = None, stop: asyncio.Event | None = None) -> int:
+async def _drain_orphan(app: App, stop: asyncio.Event) -> bool:
+    """Store everything an orphan spool holds (started already); stop early on ``stop``."""
+    drained = asyncio.ensure_future(app.drain())
+    stopped = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({drained, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    drained.cancel()
+    stopped.cancel()
+    clean = await app.shutdown()
+    where = str(app.spool.path)
+    if clean:
+        log.info("drained a spool left by an earlier run", extra={"spool": where, "objects": app.counters.objects})
+    else:
+        log.warning("a spool left by an earlier run is not drained yet; the next start goes on", extra={"spool": where})
+    return clean
+
+
+async def run(
+    config: Config,
+    *,
+    ready: Callable[[App], None] | None = None,
+    stop: asyncio.Event | None = None,
+    reuse_port: bool = False,
+    orphans: Sequence[Config] = (),
+    immediate: Collection[signal.Signals] = (signal.SIGTERM, signal.SIGINT),
+) -> int:
     """Serve until SIGTERM/SIGINT (or ``stop``), then flush what is held; the exit code.
 
     Signals are handled from before start-up, so a SIGTERM while starting also stops cleanly.
+    A signal in ``immediate`` during the flush exits at once (others are logged and ignored).
+    ``orphans`` are the configs of spools an earlier run left (``workers.orphan_spools``): they
+    are recovered before serving and drained into the lake alongside it.
     """
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -491,6 +531,9 @@ async def run(config: Config, *, ready: Callable[[App], None] | None = None, sto
     def on_signal(sig: signal.Signals) -> None:
         if not stop.is_set():
             stop.set()
+            return
+        if sig not in immediate:
+            log.info("already stopping; the flush goes on", extra={"signal": sig.name})
             return
         # Everything acked is already fsynced in the write-ahead log: stopping now loses nothing.
         log.warning(
@@ -502,12 +545,18 @@ async def run(config: Config, *, ready: Callable[[App], None] | None = None, sto
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(sig, on_signal, sig)
-    app = App(config)
+    drains = []
+    for orphan in orphans:
+        drain = App(orphan, listen=False)
+        log.info("draining a spool left by an earlier run", extra={"spool": str(orphan.spool.path)})
+        await drain.start()
+        drains.append(asyncio.create_task(_drain_orphan(drain, stop), name=f"drain {orphan.spool.path}"))
+    app = App(config, reuse_port=reuse_port)
     await app.start()
     if ready is not None:
         ready(app)
     await stop.wait()
     log.info("stopping: flushing what the sink holds", extra={"timeout_secs": config.shutdown.timeout_secs})
-    clean = await app.shutdown()
+    clean, *_ = await asyncio.gather(app.shutdown(), *drains)
     log.info("stopped", extra={"objects": app.counters.objects, "rows": app.counters.object_rows, "clean": clean})
     return 0

@@ -11,6 +11,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from securitylake_sink import __version__
 from securitylake_sink.config import Config, load_config
@@ -18,6 +19,10 @@ from securitylake_sink.errors import ConfigError, SinkError
 from securitylake_sink.telemetry import setup_logging
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+WORKERS_HELP = (
+    "worker processes sharing the listening ports (SO_REUSEPORT, Linux); overrides the config's workers "
+    "(default 1: one process)"
+)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -33,9 +38,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--log-level", choices=["debug", "info", "warning", "error"], help="overrides logging.level of the config"
     )
+    run.add_argument("--workers", type=int, metavar="N", help=WORKERS_HELP)
     check = sub.add_parser("check-config", help="validate a config without network I/O and print the plan")
     check.add_argument("-c", "--config", required=True, help="the YAML config file")
     check.add_argument("--json", action="store_true", help="print the plan as one JSON object")
+    check.add_argument("--workers", type=int, metavar="N", help="the worker count run --workers would get")
     doctor = sub.add_parser("doctor", help="live checks: credentials, role, bucket region, write access")
     doctor.add_argument("-c", "--config", required=True, help="the YAML config file")
     replay = sub.add_parser("replay", help="run files (plain or gzip) or stdin through the pipeline into the lake")
@@ -125,11 +132,26 @@ def _load(path: str) -> Config:
     return load_config(path)
 
 
-def _check_config(path: str, as_json: bool) -> int:
+def _with_workers(config: Config, workers: int | None) -> Config:
+    """The config with ``--workers`` applied (it wins over ``workers:``); ConfigError naming the
+    flag or the option when the count breaks a rule."""
+    from securitylake_sink.workers import check_reuse_port, worker_issues  # noqa: PLC0415
+
+    option = "workers" if workers is None else "--workers"
+    count = config.workers if workers is None else workers
+    issues = worker_issues(config, count, option)
+    if count > 1 and not issues and (issue := check_reuse_port(option)) is not None:
+        issues.append(issue)
+    if issues:
+        raise ConfigError(issues)
+    return config if workers is None else config.model_copy(update={"workers": count})
+
+
+def _check_config(path: str, as_json: bool, workers: int | None) -> int:
     from securitylake_sink.plan import resolve_plan  # noqa: PLC0415
 
     try:
-        plan = resolve_plan(_load(path))
+        plan = resolve_plan(_with_workers(_load(path), workers))
     except ConfigError as exc:
         return _config_errors(exc)
     for warning in plan["warnings"]:
@@ -160,7 +182,19 @@ def _check_config(path: str, as_json: bool) -> int:
         )
     else:
         print(f"  dead letters {dead['location']}")
+    _print_workers(plan["workers"])
     return EXIT_OK
+
+
+def _print_workers(workers: dict[str, Any]) -> None:
+    if workers["count"] > 1:
+        print(f"  workers      {workers['count']} processes sharing the listening ports (SO_REUSEPORT)")
+        print("               spool limit split evenly; worker i serves metrics on the metrics port + i")
+        for worker in workers["workers"]:
+            metrics = f", metrics {worker['metrics']}" if worker["metrics"] else ""
+            print(f"    worker {worker['index']:<3} spool {worker['spool']}{metrics}")
+    for orphan in workers["orphan_spools"]:
+        print(f"  orphan spool {orphan} (left by an earlier run; drained into the lake at start)")
 
 
 def _doctor(path: str) -> int:
@@ -195,21 +229,27 @@ def _setup_helper(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _run(path: str, level: str | None) -> int:
+def _run(path: str, level: str | None, workers: int | None) -> int:
     from securitylake_sink.app import run  # noqa: PLC0415
+    from securitylake_sink.workers import orphan_config, orphan_spools  # noqa: PLC0415
 
     setup_logging(level or "info")
     try:
-        config = _load(path)
+        config = _with_workers(_load(path), workers)
     except ConfigError as exc:
         return _config_errors(exc)
     setup_logging(level or config.logging.level, config.logging.format)
-    import pyarrow as pa  # noqa: PLC0415
-
-    # The system allocator hands freed batch memory back; jemalloc kept ~25% more resident here.
-    pa.set_memory_pool(pa.system_memory_pool())
     try:
-        return asyncio.run(run(config))
+        if config.workers > 1:
+            from securitylake_sink.supervisor import supervise  # noqa: PLC0415
+
+            return supervise(config, config.workers, level=level or config.logging.level, fmt=config.logging.format)
+        import pyarrow as pa  # noqa: PLC0415
+
+        # The system allocator hands freed batch memory back; jemalloc kept ~25% more resident here.
+        pa.set_memory_pool(pa.system_memory_pool())
+        orphans = [orphan_config(config, p) for p in orphan_spools(config, 1)]
+        return asyncio.run(run(config, orphans=orphans))
     except SinkError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -250,9 +290,9 @@ def _map(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 (one return per command)
     args = _parser().parse_args(argv)
     if args.command == "check-config":
-        return _check_config(args.config, args.json)
+        return _check_config(args.config, args.json, args.workers)
     if args.command == "run":
-        return _run(args.config, args.log_level)
+        return _run(args.config, args.log_level, args.workers)
     if args.command == "doctor":
         return _doctor(args.config)
     if args.command == "replay":

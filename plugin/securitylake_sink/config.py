@@ -7,6 +7,7 @@ Defaults and service limits are named constants here, with their source beside t
 from __future__ import annotations
 
 __all__ = [
+    "MAX_WORKERS",
     "AuthConfig",
     "BatchConfig",
     "Config",
@@ -88,6 +89,9 @@ DEFAULT_SHUTDOWN_TIMEOUT_SECS = 30.0
 # being rolled out, short enough that one bad object does not hold the rest back for long.
 DEFAULT_DELIVERY_MAX_ATTEMPTS = 10
 DEFAULT_DELIVERY_MAX_AGE_SECS = 86_400.0
+# run --workers: worker processes sharing the listening ports (SO_REUSEPORT); each is one core of
+# mapping at most, and each worker's metrics port is the configured one plus its index.
+MAX_WORKERS = 64
 DEFAULT_OCSF_VERSION = "1.1.0"
 # The integration contract: the writer role's name starts with this prefix (configurable).
 DEFAULT_ROLE_NAME_PREFIX = "SynqlyAccess"
@@ -549,6 +553,8 @@ class Config(_Model):
     mappings_fallback: Literal["dead_letter", "base_event", "drop"] = "dead_letter"
     dead_letter: DeadLetterConfig = DeadLetterConfig()
     logging: LoggingConfig = LoggingConfig()
+    # Worker processes of ``run`` (``run --workers`` overrides it); 1 serves in the one process.
+    workers: int = Field(1, ge=1, le=MAX_WORKERS)
 
     @property
     def dead_letter_path(self) -> Path:

@@ -258,6 +258,7 @@ def resolve_plan(config: Config) -> dict[str, Any]:
         "mappings": [m.model_dump() for m in config.mappings],
         "mappings_fallback": config.mappings_fallback,
         "dead_letter": _dead_letter_plan(config, dest),
+        "workers": _workers_plan(config),
         "warnings": warnings_for(config),
     }
 
@@ -276,3 +277,26 @@ def _dead_letter_plan(config: Config, lake: Destination) -> dict[str, Any]:
         "max_age_secs": config.dead_letter.max_age_secs,
         "max_bytes": config.dead_letter.max_bytes,
     }
+
+
+def _workers_plan(config: Config) -> dict[str, Any]:
+    """The worker count, each worker's spool, metrics address and dead letters, and the spools
+    an earlier run left that a start would drain (a look at ``spool.path``, no lock taken)."""
+    from securitylake_sink.workers import orphan_spools, worker_config  # noqa: PLC0415
+
+    count = config.workers
+    workers = []
+    if count > 1:
+        for index in range(count):
+            worker = worker_config(config, index)
+            metrics = worker.listen.metrics
+            workers.append(
+                {
+                    "index": index,
+                    "spool": str(worker.spool.path),
+                    "spool_max_bytes": None if config.spool.max_bytes is None else config.spool.max_bytes // count,
+                    "metrics": metrics.address if metrics.enabled else None,
+                    "dead_letter": str(worker.dead_letter_path),
+                }
+            )
+    return {"count": count, "workers": workers, "orphan_spools": [str(p) for p in orphan_spools(config, count)]}

@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,10 +42,20 @@ def auth_records(ids: Iterable[int], now_ns: int) -> list[tuple[int, dict[str, A
     ]
 
 
-def write_config(tmp: Path, port: int, *, extra: str = "", sources: str | None = None) -> Path:
-    """A file-lake config under ``tmp`` (lake/, spool/) listening on ``port``."""
+def write_config(
+    tmp: Path,
+    port: int,
+    *,
+    extra: str = "",
+    sources: str | None = None,
+    listen: str = "",
+    spool: Path | None = None,
+    name: str = "config.yaml",
+) -> Path:
+    """A file-lake config ``tmp/name`` (lake in tmp/lake/, spool in tmp/spool/ unless ``spool``)
+    listening on ``port``; ``listen`` adds lines to the listen group."""
     sources = sources or '    - {class_uid: "*", location: "ext/test/"}\n'
-    path = tmp / "config.yaml"
+    path = tmp / name
     path.write_text(
         f"""destination:
   url: "file://{tmp / "lake"}"
@@ -54,26 +64,41 @@ def write_config(tmp: Path, port: int, *, extra: str = "", sources: str | None =
   sources:
 {sources}listen:
   forward: {{address: "127.0.0.1:{port}"}}
-spool: {{path: "{tmp / "spool"}"}}
+{listen}spool: {{path: "{spool or tmp / "spool"}"}}
 {extra}"""
     )
     return path
 
 
 class SinkProcess:
-    """One sink process; ``stop`` sends SIGTERM and waits, ``kill`` sends SIGKILL."""
+    """One sink process; ``stop`` sends SIGTERM and waits, ``kill`` sends SIGKILL.
 
-    def __init__(self, config: Path, port: int, log: Path, *, level: str = "debug") -> None:
+    ``args`` go after ``run`` (``--workers 2``); ``serving`` is the log line that says it serves;
+    ``new_session`` starts it in a session (and process group) of its own, for ``os.killpg``.
+    """
+
+    def __init__(
+        self,
+        config: Path,
+        port: int,
+        log: Path,
+        *,
+        level: str = "debug",
+        args: Sequence[str] = (),
+        serving: str = "securitylake-sink is serving",
+        new_session: bool = False,
+    ) -> None:
         self.config, self.port, self.log_path = config, port, log
         self._log = log.open("ab")
         self.proc = subprocess.Popen(
-            [str(BIN), "run", "-c", str(config), "--log-level", level],
+            [str(BIN), "run", "-c", str(config), "--log-level", level, *args],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            start_new_session=new_session,
         )
         try:
-            self.wait_for_log("securitylake-sink is serving")
+            self.wait_for_log(serving)
         except AssertionError:
             self.kill()
             raise

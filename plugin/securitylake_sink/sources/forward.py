@@ -105,7 +105,9 @@ class ForwardServer:
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         ssl: ssl.SSLContext | None = None,
         handshake: Handshake | None = None,
+        reuse_port: bool = False,
     ) -> None:
+        """``reuse_port`` shares the port with other processes (SO_REUSEPORT: ``run --workers``)."""
         self._sink = sink
         self._host = host
         self._port = port
@@ -114,6 +116,7 @@ class ForwardServer:
         self._max_connections = max_connections
         self._ssl = ssl
         self._handshake = handshake
+        self._reuse_port = reuse_port
         self._server: asyncio.Server | None = None
         self._connections: set[_Connection] = set()
         self._closing = False
@@ -123,7 +126,9 @@ class ForwardServer:
         """Bind and start accepting; port 0 picks a free port (see ``port``)."""
         if self._server is not None:
             raise RuntimeError("the forward server is already started")
-        self._server = await asyncio.start_server(self._accept, self._host, self._port, ssl=self._ssl)
+        self._server = await asyncio.start_server(
+            self._accept, self._host, self._port, ssl=self._ssl, reuse_port=self._reuse_port or None
+        )
         self._port = self._server.sockets[0].getsockname()[1]
         log.info("Listening for Forward connections.", extra={"host": self._host, "port": self.port})
 

@@ -112,7 +112,9 @@ class HttpServer:
         max_body_bytes: int = DEFAULT_HTTP_MAX_BODY_BYTES,
         credentials: Credentials | None = None,
         max_concurrent_requests: int = DEFAULT_MAX_CONCURRENT_REQUESTS,
+        reuse_port: bool = False,
     ) -> None:
+        """``reuse_port`` shares the port with other processes (SO_REUSEPORT: ``run --workers``)."""
         self._sink = sink
         self._host = host
         self._port = port
@@ -121,12 +123,13 @@ class HttpServer:
         self._max_body_bytes = max_body_bytes
         self._credentials = credentials
         self._max_concurrent = max_concurrent_requests
+        self._reuse_port = reuse_port
         self._inflight = 0
         self._runner: web.AppRunner | None = None
         self.stats = HttpStats()
 
     @classmethod
-    def from_config(cls, sink: ChunkSink, listen: HttpListen) -> HttpServer:
+    def from_config(cls, sink: ChunkSink, listen: HttpListen, *, reuse_port: bool = False) -> HttpServer:
         """The server ``listen.http`` describes."""
         host, port = split_address(listen.address)
         auth = listen.auth
@@ -145,6 +148,7 @@ class HttpServer:
             date_key=listen.date_key,
             max_body_bytes=listen.max_body_bytes,
             credentials=credentials,
+            reuse_port=reuse_port,
         )
 
     async def start(self) -> None:
@@ -161,7 +165,7 @@ class HttpServer:
             app, handle_signals=False, access_log=None, auto_decompress=False, shutdown_timeout=SHUTDOWN_TIMEOUT_SECS
         )
         await runner.setup()
-        site = web.TCPSite(runner, self._host, self._port)
+        site = web.TCPSite(runner, self._host, self._port, reuse_port=self._reuse_port or None)
         try:
             await site.start()
         except OSError as exc:

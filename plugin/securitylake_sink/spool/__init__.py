@@ -19,6 +19,10 @@ On-disk layout under ``spool.path``::
                               period; closed files are shipped and deleted after the put
                               (deadletter.py)
 
+Under ``run --workers N`` each worker owns a whole spool of this layout in
+``<spool.path>/worker-<i>/``; ``securitylake_sink.workers`` says how spools left by a run with
+another worker count are found and drained.
+
 Invariants:
 
 1. A chunk is acked only after its record in ``wal/`` is fsynced (group commit: one fsync serves
