@@ -16,15 +16,32 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-_NULLS: dict[pa.DataType, pa.Array] = {}
+# Hashing a wide struct type walks all of it (tens of µs, holding the GIL), so the cache is keyed
+# by a cheap summary of the type and the few candidates under a key are compared with ==.
+_NULLS: dict[tuple[object, ...], list[tuple[pa.DataType, pa.Array]]] = {}
+
+
+def _summary(t: pa.DataType) -> tuple[object, ...]:
+    if pa.types.is_struct(t):
+        n = t.num_fields
+        return ("struct", n, t.field(0).name if n else "", t.field(n - 1).name if n else "")
+    if pa.types.is_list(t):
+        return ("list", *_summary(t.value_type))
+    if pa.types.is_map(t):
+        return ("map", str(t.key_type), str(t.item_type))
+    return (str(t),)
 
 
 def nulls(t: pa.DataType, n: int) -> pa.Array:
     """An all-null array of ``t``: a slice of a cached one (big nested types are slow to make)."""
-    cached = _NULLS.get(t)
-    if cached is None or len(cached) < n:
-        cached = _NULLS[t] = pa.nulls(max(n, 2 * len(cached) if cached is not None else 1024), t)
-    return cached.slice(0, n)
+    candidates = _NULLS.setdefault(_summary(t), [])
+    for index, (known, array) in enumerate(candidates):
+        if known == t:
+            if len(array) < n:
+                candidates[index] = (known, pa.nulls(max(n, 2 * len(array)), t))
+            return candidates[index][1].slice(0, n)
+    candidates.append((t, pa.nulls(max(n, 1024), t)))
+    return candidates[-1][1].slice(0, n)
 
 
 def pruned_type(t: pa.StructType, rows: Sequence[Mapping[str, Any]]) -> pa.StructType:

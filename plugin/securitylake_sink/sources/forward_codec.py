@@ -71,7 +71,27 @@ def new_unpacker(max_buffer_size: int) -> msgpack.Unpacker:
         max_buffer_size=max(max_buffer_size, 1),  # 0 would mean 4 GiB
         max_array_len=MAX_ARRAY_LEN,
         max_map_len=MAX_MAP_LEN,
+        ext_hook=_ext_hook,
     )
+
+
+class EventTime(int):
+    """A Forward EventTime (ext type 0, §1.3) decoded to nanoseconds since the epoch."""
+
+    __slots__ = ()
+
+
+_EVENT_TIME_PARTS = struct.Struct(">II")
+
+
+def _ext_hook(code: int, data: bytes) -> object:
+    """EventTimes become ``EventTime`` as they are unpacked (msgpack's ExtType is built in Python,
+    once per record); other extension values stay ExtType."""
+    if code == _EVENT_TIME_EXT and len(data) == _EVENT_TIME_LEN:
+        seconds, nanos = _EVENT_TIME_PARTS.unpack(data)
+        if nanos < _NS_PER_SEC:
+            return EventTime(seconds * _NS_PER_SEC + nanos)
+    return msgpack.ExtType(code, data)
 
 
 def _unpack_error(exc: Exception) -> ProtocolError:
@@ -259,6 +279,8 @@ def forward_entries(items: Iterable[object], metadata: Mapping[Any, Any] | None 
 
 def _split_time(value: object) -> tuple[int, int]:
     """(seconds, nanoseconds) of an int, a float or an EventTime (ext type 0, §1.3)."""
+    if type(value) is EventTime:
+        return divmod(int(value), _NS_PER_SEC)
     if isinstance(value, bool):
         raise ProtocolError("bad time")
     if isinstance(value, int):
