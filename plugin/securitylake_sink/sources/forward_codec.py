@@ -252,7 +252,16 @@ def _meta(mode: str, options: Mapping[Any, Any]) -> dict[str, str]:
 def forward_entries(items: Iterable[object], metadata: Mapping[Any, Any] | None = None) -> tuple[Entry, ...]:
     """Decode ``[time, record]`` / ``[[time, metadata], record]`` items, skipping group markers."""
     entries: list[Entry] = []
+    no_metadata = metadata or None
     for item in items:
+        # The usual entry, [EventTime, {record}], takes the short way (one per record, on the loop).
+        if type(item) is list and len(item) == 2:
+            when, record = item
+            if type(when) is EventTime and type(record) is dict:
+                seconds = when // _NS_PER_SEC
+                if 0 < seconds <= _MAX_SECONDS and seconds not in _GROUP_MARKER_SECONDS:
+                    entries.append(Entry(int(when), record, no_metadata))
+                    continue
         if not isinstance(item, list) or len(item) != 2:
             raise ProtocolError("entry is not [time, record]")
         when, record = item
