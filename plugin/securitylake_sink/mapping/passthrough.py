@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 from securitylake_sink.columnar import nulls, prune_batch, pruned_type, widen, widen_batch
 from securitylake_sink.errors import MappingError, SchemaError
 from securitylake_sink.mapping.engine import PRODUCT, ClassRows, Outcome
-from securitylake_sink.ocsf.conform import conform_event, to_epoch_ms
+from securitylake_sink.ocsf.conform import MILLIS_BELOW, SECONDS_BELOW, conform_event, to_epoch_ms
 from securitylake_sink.ocsf.schema import OcsfSchema, type_uid
 from securitylake_sink.ocsf.validate import validate
 
@@ -64,24 +64,103 @@ def _derive(event: dict[str, Any], class_uid: int, schema: OcsfSchema) -> None:
 
 
 def _event(record: Mapping[str, Any], fallback_ms: int, schema: OcsfSchema) -> tuple[int, dict[str, Any]]:
+    """The record with its time in epoch ms and its derived fields filled (not yet conformed)."""
     event = dict(record)
     class_uid = _integer(event.get("class_uid"), "class_uid")
     event["time"] = to_epoch_ms(event["time"]) if event.get("time") is not None else fallback_ms
     _derive(event, class_uid, schema)
-    return class_uid, conform_event(event, schema.arrow_schema(class_uid))
+    return class_uid, event
 
 
-def _to_batch(events: list[dict[str, Any]], arrow_schema: pa.Schema) -> pa.RecordBatch:
-    """Conformed events as a record batch of the class: converted with only the fields they hold,
-    then widened to the full schema."""
-    pruned = pruned_type(pa.struct(list(arrow_schema)), events)
-    narrow = pa.array(events, type=pruned) if pruned.num_fields else None
+def _is_time(name: str) -> bool:
+    return name == "time" or name.endswith("_time")
+
+
+def _plain_type(t: pa.StructType, rows: Sequence[Mapping[str, Any]]) -> pa.StructType | None:  # noqa: C901, PLR0911, PLR0912
+    """``t`` pruned to the fields ``rows`` hold, when Arrow can convert the rows as they are: every
+    key an attribute of the class, objects as maps, times in epoch ms, ``unmapped`` flat strings.
+    None otherwise: the rows then go through ``conform_event`` one by one."""
+    keys: set[Any] = set().union(*rows)
+    by_name = {f.name: f for f in t}
+    if not keys <= by_name.keys():
+        return None
+    fields = []
+    for f in t:
+        if f.name not in keys:
+            continue
+        ft, name = f.type, f.name
+        nested = pa.types.is_struct(ft) or pa.types.is_list(ft) or pa.types.is_map(ft)
+        if nested or _is_time(name):
+            values = [v for row in rows if (v := row.get(name)) is not None]
+            if not values:
+                continue
+            if pa.types.is_struct(ft):
+                if any(type(v) is not dict for v in values):
+                    return None
+                inner = _plain_type(ft, values)
+                if inner is None:
+                    return None
+                ft = inner
+            elif pa.types.is_list(ft):
+                if any(type(v) is not list for v in values):
+                    return None
+                if pa.types.is_struct(ft.value_type):
+                    items = [item for v in values for item in v if item is not None]
+                    if any(type(item) is not dict for item in items):
+                        return None
+                    inner = _plain_type(ft.value_type, items)
+                    if inner is None:
+                        return None
+                    ft = pa.list_(pa.field(ft.value_field.name, inner))
+            elif pa.types.is_map(ft):
+                if any(type(v) is not dict or any(type(x) is not str for x in v.values()) for v in values):
+                    return None
+            elif any(type(v) is not int or not SECONDS_BELOW <= v < MILLIS_BELOW for v in values):
+                return None  # a time that is not epoch ms: conform_event scales it
+        fields.append(pa.field(name, ft, nullable=f.nullable))
+    return pa.struct(fields)
+
+
+def _narrow(events: list[dict[str, Any]], arrow_schema: pa.Schema) -> tuple[pa.StructType, pa.StructArray] | None:
+    """The events converted by Arrow as they are, or None when they need ``conform_event``."""
+    plain = _plain_type(pa.struct(list(arrow_schema)), events)
+    if plain is None or not plain.num_fields:
+        return None
+    try:
+        return plain, pa.array(events, type=plain)
+    except (pa.ArrowException, TypeError, ValueError, UnicodeError, OverflowError):
+        return None  # a value of another type: conform_event casts it or names it
+
+
+def _to_batch(
+    events: list[dict[str, Any]], arrow_schema: pa.Schema, narrow: pa.StructArray | None = None
+) -> pa.RecordBatch:
+    """Events as a record batch of the class: converted with only the fields they hold, then
+    widened to the full schema."""
+    if narrow is None:
+        pruned = pruned_type(pa.struct(list(arrow_schema)), events)
+        narrow = pa.array(events, type=pruned) if pruned.num_fields else None
+    given = set() if narrow is None else {narrow.type.field(i).name for i in range(narrow.type.num_fields)}
     columns = [
-        widen(narrow.field(f.name), f.type) if narrow is not None and pruned.get_field_index(f.name) >= 0
-        else nulls(f.type, len(events))
+        widen(narrow.field(f.name), f.type) if narrow is not None and f.name in given else nulls(f.type, len(events))
         for f in arrow_schema
     ]
     return pa.RecordBatch.from_arrays(columns, schema=arrow_schema)
+
+
+def _conformed(
+    rows: list[int], events: list[dict[str, Any]], arrow_schema: pa.Schema, outcome: Outcome
+) -> tuple[list[int], list[dict[str, Any]]]:
+    """Each event cast by ``conform_event``; the ones that cannot be cast fail with the reason."""
+    kept_rows, kept = [], []
+    for row, event in zip(rows, events, strict=True):
+        try:
+            kept.append(conform_event(event, arrow_schema))
+        except MappingError as exc:
+            outcome.failed[row] = str(exc)
+            continue
+        kept_rows.append(row)
+    return kept_rows, kept
 
 
 def map_ocsf(records: Sequence[Mapping[str, Any]], ref_ms: Sequence[int], schema: OcsfSchema) -> Outcome:
@@ -100,7 +179,13 @@ def map_ocsf(records: Sequence[Mapping[str, Any]], ref_ms: Sequence[int], schema
     for class_uid, (unsorted_rows, unsorted) in by_class.items():
         order = sorted(range(len(unsorted)), key=lambda i: unsorted[i]["time"])  # the batcher cuts hours
         rows, events = [unsorted_rows[i] for i in order], [unsorted[i] for i in order]
-        batch = _to_batch(events, schema.arrow_schema(class_uid))
+        arrow_schema = schema.arrow_schema(class_uid)
+        fast = _narrow(events, arrow_schema)
+        if fast is None:
+            rows, events = _conformed(rows, events, arrow_schema, outcome)
+            if not events:
+                continue
+        batch = _to_batch(events, arrow_schema, None if fast is None else fast[1])
         verdict = validate(batch, schema, class_uid)
         for index, reason in verdict.reasons.items():
             outcome.failed[rows[index]] = reason
