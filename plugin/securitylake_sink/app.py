@@ -1,6 +1,7 @@
 """Wires the stages — sources, spool, mapping, batches, encoding, lake — and owns the event loop,
 signals and shutdown. Blocking work runs on three threads: ``pipeline`` (map, append, checkpoint,
-seal; serialised so the spool's invariants hold), ``deliver`` (encode and store objects) and
+seal; serialised so the spool's invariants hold; after a failed step it backs off and resumes from
+the checkpoint as a restart would), and delivery.py's ``deliver`` (encode and store objects) and
 ``deadletter`` (ship closed dead-letter files to an s3:// ``dead_letter.location``), each retrying
 with its own backoff, so a failing dead-letter bucket never holds up the lake and the other way round.
 """
@@ -17,17 +18,13 @@ import signal
 import time
 from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from functools import partial
-from pathlib import Path
-from typing import TypeVar
 
 from securitylake_sink.batch import Batcher, LakeTarget
 from securitylake_sink.config import Config, split_address
-from securitylake_sink.deadletter import DeadLetterShipper, DeadLetterWriter, Rotation, Shipped
-from securitylake_sink.encode.parquet import encode_parquet
-from securitylake_sink.errors import DeliveryError, PermanentDelivery, SpoolCorrupt, SpoolError
-from securitylake_sink.lake.retry import backoff_delay
+from securitylake_sink.counters import Counters
+from securitylake_sink.deadletter import DeadLetterShipper, DeadLetterWriter, Rotation
+from securitylake_sink.delivery import Delivery
+from securitylake_sink.errors import SpoolError
 from securitylake_sink.lake.s3 import S3Store, resolve_region
 from securitylake_sink.lake.store import ObjectStore, store_for
 from securitylake_sink.mapping.mapper import Mapper
@@ -42,9 +39,8 @@ from securitylake_sink.sources.http import HttpServer
 from securitylake_sink.sources.tls import context_for
 from securitylake_sink.spool import Spool, decode_chunk
 from securitylake_sink.spool.batchfile import SUFFIX, BatchFile
-from securitylake_sink.spool.quarantine import Failures, clear_failures, record_failure
 from securitylake_sink.spool.wal import WalPosition
-from securitylake_sink.telemetry import Histogram, reason_label, tally
+from securitylake_sink.telemetry import reason_label, tally
 
 log = logging.getLogger("securitylake_sink")
 
@@ -54,46 +50,9 @@ MAP_LIMIT = 512  # chunks per pipeline step
 STEP_RECORDS = 16_384
 IDLE_WAKE_SECS = 1.0  # how often an idle pipeline checks batch ages
 MIN_STEP_SECS = 0.2  # steps that take the whole backlog are at least this far apart
-RETRY_BASE_SECS, RETRY_MAX_SECS = 1.0, 300.0
-T = TypeVar("T")
-# How often the pipeline looks in sealed/ for batches put back by ``spool retry``.
-SEALED_RESCAN_SECS = 2.0
+# After a failed pipeline step (e.g. a full disk under the batch files): wait, doubling, then resume.
+STEP_RETRY_BASE_SECS, STEP_RETRY_MAX_SECS = 1.0, 30.0
 EXIT_SECOND_SIGNAL = 130  # a second SIGTERM/SIGINT during the flush: exit without finishing it
-
-
-@dataclass
-class Counters:
-    """What went where; ``records_in == mapped + dead_lettered + sum(dropped)`` once drained."""
-
-    records_in: int = 0
-    mapped: int = 0
-    dead_lettered: int = 0
-    objects: int = 0
-    object_rows: int = 0
-    object_bytes: int = 0
-    delivery_failures: int = 0
-    by_class: dict[int, int] = field(default_factory=dict)
-    # For the metrics catalogue (telemetry.py), read at scrape time:
-    dead_letter_reasons: dict[str, int] = field(default_factory=dict)  # telemetry.reason_label
-    dropped: dict[str, int] = field(default_factory=dict)  # by reason (mappings_fallback: drop)
-    objects_by_class: dict[int, int] = field(default_factory=dict)
-    bytes_by_class: dict[int, int] = field(default_factory=dict)
-    delivery_retries: int = 0
-    permanent_failures: int = 0
-    delivery_failing: str | None = None  # the reason while the last attempt failed permanently
-    upload_seconds: Histogram = field(default_factory=Histogram)
-    backpressure_since: float | None = None  # Unix time intake paused on a full spool; None: reading
-    dead_letter_objects: int = 0  # dead-letter files shipped to an s3:// dead_letter.location
-    dead_letter_failures: dict[str, int] = field(default_factory=dict)  # failed ship attempts, by kind
-
-    def stored(self, class_uid: int, rows: int, size: int) -> None:
-        """Count one object stored in the lake."""
-        self.objects += 1
-        self.object_rows += rows
-        self.object_bytes += size
-        self.by_class[class_uid] = self.by_class.get(class_uid, 0) + rows
-        self.objects_by_class[class_uid] = self.objects_by_class.get(class_uid, 0) + 1
-        self.bytes_by_class[class_uid] = self.bytes_by_class.get(class_uid, 0) + size
 
 
 class App:
@@ -158,15 +117,9 @@ class App:
         self.counters = Counters()
         self.spool.on_backpressure = self._backpressure
         self._pipeline = ThreadPoolExecutor(1, thread_name_prefix="pipeline")
-        self._deliver = ThreadPoolExecutor(1, thread_name_prefix="deliver")
-        self._ship = ThreadPoolExecutor(1, thread_name_prefix="deadletter")
-        self._sealed: asyncio.Queue[BatchFile] = asyncio.Queue()
-        self._dead_files: asyncio.Queue[Path] = asyncio.Queue()  # closed dead-letter files to ship
-        # Names of the sealed batches queued or being delivered: a batch file in sealed/ that is
-        # not here was put back by ``spool retry``. The pipeline adds, delivery discards (after
-        # the file has left sealed/), so a rescan never queues a batch twice.
-        self._queued: set[str] = set()
-        self._rescanned = time.monotonic()
+        self.delivery = Delivery(self.spool, self.store, config.delivery, self.counters, self.shipper)
+        self._step_failures = 0  # pipeline steps failed in a row
+        self._checkpointed: set[str] = set()  # open batch files wholly before the checkpoint
         self._cursor = WalPosition(0, 0)
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
@@ -182,23 +135,19 @@ class App:
         self.dead_letters.recover(self.spool.checkpoint)
         if self.shipper is not None:
             for path in self.dead_letters.closed_on_disk():
-                self._dead_files.put_nowait(path)
+                self.delivery.dead_files.put_nowait(path)
         self.batcher.adopt(opened)
+        self._checkpointed = {batch.path.name for batch in opened}
         for batch in sealed:
-            self._queued.add(batch.path.name)
-            self._sealed.put_nowait(batch)
+            self.delivery.queued.add(batch.path.name)
+            self.delivery.sealed.put_nowait(batch)
         if opened or sealed:
             log.info("recovered batches from the spool", extra={"open": len(opened), "sealed": len(sealed)})
         if self.listen:
             await self.forward.start()
         if self.http is not None:
             await self.http.start()
-        self._tasks = [
-            asyncio.create_task(self._map_loop(), name="map"),
-            asyncio.create_task(self._deliver_loop(), name="deliver"),
-        ]
-        if self.shipper is not None:
-            self._tasks.append(asyncio.create_task(self._dead_letter_loop(self.shipper), name="deadletter"))
+        self._tasks = [asyncio.create_task(self._map_loop(), name="map"), *self.delivery.tasks()]
         self.metrics = await serve_metrics(self) if self.listen else None
         log.info(
             "securitylake-sink is serving" if self.listen else "securitylake-sink is running without listeners",
@@ -238,8 +187,7 @@ class App:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await asyncio.get_running_loop().run_in_executor(self._pipeline, self._close_files)
         self._pipeline.shutdown(wait=True)
-        self._deliver.shutdown(wait=True)
-        self._ship.shutdown(wait=True)
+        self.delivery.close()
         self.spool.close()
         if self.metrics is not None:
             await self.metrics.close()
@@ -278,20 +226,58 @@ class App:
             stepped = time.monotonic()
             try:
                 sealed = await loop.run_in_executor(self._pipeline, self._step, items, stopping)
-            except (SpoolError, OSError):
+            except (SpoolError, OSError) as exc:
                 # Damaged log segments are quarantined by the spool; this is what it could not handle
                 # (e.g. a full disk under the batch files). What is not mapped stays in the log.
-                log.exception("cannot map the spool's write-ahead log; mapping stopped until the sink restarts")
-                raise
+                await self._resume_after(exc)
+                continue
+            self._step_failures = 0
             for batch in sealed:
-                self._sealed.put_nowait(batch)
+                self.delivery.sealed.put_nowait(batch)
             for path in self.dead_letters.take_closed():
-                self._dead_files.put_nowait(path)
+                self.delivery.dead_files.put_nowait(path)
             if stopping and self._cursor >= wal.end and not self.batcher.open:
-                await self._sealed.join()
-                await self._dead_files.join()
+                await self.delivery.sealed.join()
+                await self.delivery.dead_files.join()
                 self._drained.set()
                 return
+
+    async def _resume_after(self, exc: BaseException) -> None:
+        """Back off after a failed step, then go back to the checkpoint as a restart would (again
+        after each failure of that), so the step is redone without duplicates."""
+        while True:
+            self._step_failures += 1
+            delay = min(STEP_RETRY_MAX_SECS, STEP_RETRY_BASE_SECS * 2 ** min(self._step_failures - 1, 16))
+            log.error(
+                "cannot map the spool's write-ahead log; resuming from the checkpoint after a pause",
+                extra={"reason": str(exc), "failures": self._step_failures, "retry_in_secs": delay},
+            )
+            await asyncio.sleep(delay)
+            try:
+                await asyncio.get_running_loop().run_in_executor(self._pipeline, self._back_to_checkpoint)
+                return
+            except (SpoolError, OSError) as again:
+                exc = again
+
+    def _back_to_checkpoint(self) -> None:
+        """Pipeline thread: what ``start`` recovers, for the pipeline only: the open batches and the
+        dead letters lose every frame past the checkpoint (a failed step's partial appends), and the
+        cursor goes back to it; a batch sealed by the failed step is found by the next rescan."""
+        for batch in self.batcher.open.values():
+            with contextlib.suppress(OSError):  # what it still buffers is past the checkpoint
+                batch.close()
+        self.batcher.open.clear()
+        checkpoint = self.spool.checkpoint
+        self.dead_letters.reset(checkpoint)
+        for path in sorted(self.spool.open_dir.glob(f"*{SUFFIX}")):
+            if path.name not in self._checkpointed:  # created by the failed step: all past the checkpoint
+                path.unlink()
+            elif (recovered := self.spool.recover_open(path, checkpoint)) is not None:
+                self.batcher.adopt([recovered])
+        self._cursor = checkpoint
+        self.delivery.rescanned = 0.0  # look for a batch the failed step sealed
+        self.spool.refresh_batch_bytes()
+        log.info("resumed mapping from the checkpoint", extra={"open": len(self.batcher.open)})
 
     def _step(self, items: list[tuple[WalPosition, Chunk]], flush_all: bool) -> list[BatchFile]:
         """One pipeline step (pipeline thread): map what follows the cursor, checkpoint, seal."""
@@ -309,13 +295,14 @@ class App:
             self.dead_letters.sync()
             self._cursor = items[-1][0]
             self.spool.write_checkpoint(self._cursor)
-            self.spool.refresh_batch_bytes()
+            self._checkpointed = {batch.path.name for batch in self.batcher.open.values()}
             self.counters.records_in += result.records
             self.counters.mapped += result.mapped
             self.counters.dead_lettered += len(result.dead)
             tally(self.counters.dead_letter_reasons, (reason_label(d.reason) for d in result.dead))
             if dropped := sum(result.dropped.values()):
                 self.counters.dropped["mappings_fallback"] = self.counters.dropped.get("mappings_fallback", 0) + dropped
+            self.spool.refresh_batch_bytes()
         drained = flush_all and self._cursor >= self.spool.wal.end
         # Every dead letter written so far is behind the checkpoint: a closed file is safe to ship.
         self.dead_letters.rotate(force=drained)
@@ -332,169 +319,18 @@ class App:
             sealed.append(batch)
         if sealed:
             self.spool.refresh_batch_bytes()
-        self._queued.update(batch.path.name for batch in sealed)
-        return sealed + self._put_back()
+        self.delivery.queued.update(batch.path.name for batch in sealed)
+        return sealed + self.delivery.put_back()
 
-    def _put_back(self) -> list[BatchFile]:
-        """Sealed batches not queued yet: put back from quarantine/ while the sink runs."""
-        if time.monotonic() - self._rescanned < SEALED_RESCAN_SECS:
-            return []
-        self._rescanned = time.monotonic()
-        found = []
-        for path in sorted(self.spool.sealed_dir.glob(f"*{SUFFIX}")):
-            if path.name in self._queued:
-                continue
-            batch = self.spool.adopt_sealed(path)
-            if batch is not None:
-                log.info("found a sealed batch put back for delivery", extra={"file": path.name, "rows": batch.rows})
-                self._queued.add(path.name)
-                found.append(batch)
-        return found
 
     @staticmethod
     def _decode(payload: bytes) -> Chunk:
         spooled = decode_chunk(payload)
         return decode_spooled(spooled.kind, spooled.raw, spooled.received_ns, tag=spooled.tag, meta=spooled.meta)
 
-    # -- delivery ------------------------------------------------------------------------
-    async def _until_done(
-        self,
-        executor: ThreadPoolExecutor,
-        call: Callable[[], T],
-        errors: tuple[type[Exception], ...],
-        failed: Callable[[Exception, bool], None],
-        *,
-        message: str,
-        what: dict[str, object],
-    ) -> T:
-        """Run ``call`` on ``executor`` until it returns; after each failure in ``errors``: count it
-        (``failed(exc, permanent)``), log ``message`` with ``what``, wait the backoff, try again."""
-        loop = asyncio.get_running_loop()
-        attempt = 0
-        while True:
-            try:
-                return await loop.run_in_executor(executor, call)
-            except errors as exc:
-                attempt += 1
-                permanent = isinstance(exc, PermanentDelivery)
-                failed(exc, permanent)
-                delay = backoff_delay(attempt, base_secs=RETRY_BASE_SECS, cap_secs=RETRY_MAX_SECS)
-                log.warning(
-                    message,
-                    extra={
-                        **what,
-                        "attempt": attempt,
-                        "retry_in_secs": round(delay, 1),
-                        "permanent": permanent,
-                        "reason": str(exc),
-                    },
-                )
-                await asyncio.sleep(delay)
-
-    async def _deliver_loop(self) -> None:
-        while True:
-            batch = await self._sealed.get()
-            stored = await self._deliver_batch(batch)
-            self._queued.discard(batch.path.name)
-            if stored is not None:
-                rows, size = stored
-                self.counters.stored(batch.header.class_uid, rows, size)
-                log.info("stored an object", extra={"key": batch.header.key, "rows": rows, "bytes": size})
-            self._sealed.task_done()
-            self.spool.refresh_batch_bytes()
-
-    async def _deliver_batch(self, batch: BatchFile) -> tuple[int, int] | None:
-        """Store one sealed batch, retrying; (rows, bytes), or None when it went to quarantine."""
-        loop = asyncio.get_running_loop()
-        attempt = 0
-        while True:
-            try:
-                stored = await loop.run_in_executor(self._deliver, self._deliver_one, batch)
-                self.counters.delivery_failing = None
-                return stored
-            except SpoolCorrupt as exc:
-                if await loop.run_in_executor(self._deliver, self._set_aside, batch, "corrupt", str(exc), None):
-                    return None
-                reason, permanent = str(exc), False
-            except DeliveryError as exc:
-                reason, permanent = str(exc), isinstance(exc, PermanentDelivery)
-                self.counters.delivery_failures += 1
-                self.counters.permanent_failures += permanent
-                self.counters.delivery_failing = reason if permanent else None
-                if permanent and await loop.run_in_executor(self._deliver, self._count_rejection, batch, reason):
-                    self.counters.delivery_failing = None
-                    return None
-                self.counters.delivery_retries += 1
-            attempt += 1
-            delay = backoff_delay(attempt, base_secs=RETRY_BASE_SECS, cap_secs=RETRY_MAX_SECS)
-            log.warning(
-                "could not store an object; it stays in the spool and is retried",
-                extra={
-                    "key": batch.header.key,
-                    "attempt": attempt,
-                    "retry_in_secs": round(delay, 1),
-                    "permanent": permanent,
-                    "reason": reason,
-                },
-            )
-            await asyncio.sleep(delay)
-
-    def _count_rejection(self, batch: BatchFile, reason: str) -> bool:
-        """Deliver thread: count a permanent rejection durably; quarantine the batch (True) once they
-        reached ``delivery.max_attempts`` or have lasted ``delivery.max_age_secs``."""
-        try:
-            failures = record_failure(batch.path, reason)
-        except OSError as exc:
-            log.warning("cannot count a rejection of an object", extra={"key": batch.header.key, "reason": str(exc)})
-            return False
-        limits = self.config.delivery
-        lasted = failures.last_failure - failures.first_failure
-        if failures.attempts < limits.max_attempts and lasted < limits.max_age_secs:
-            return False
-        return self._set_aside(batch, "permanent_failure", reason, failures)
-
-    def _set_aside(self, batch: BatchFile, cause: str, reason: str, failures: Failures | None) -> bool:
-        """Deliver thread: move a batch to quarantine/; False (it stays sealed) when that fails."""
-        try:
-            self.spool.quarantine_batch(batch, cause, reason, failures)
-        except OSError as exc:
-            log.error("cannot quarantine a batch; it stays sealed", extra={"file": batch.path.name, "reason": str(exc)})
-            return False
-        return True
-
+    # -- delivery (delivery.py) ------------------------------------------------------------
     def _deliver_one(self, batch: BatchFile) -> tuple[int, int]:
-        schema = load_schema(batch.header.ocsf_version).arrow_schema(batch.header.class_uid)
-        table = batch.read_table(schema)
-        data = encode_parquet(table)
-        started = time.monotonic()
-        self.store.put(batch.header.key, data)
-        self.counters.upload_seconds.observe(time.monotonic() - started)
-        batch.path.unlink(missing_ok=True)
-        clear_failures(batch.path)
-        return table.num_rows, len(data)
-
-    def _shipping_failed(self, _exc: Exception, permanent: bool) -> None:
-        kind = "permanent" if permanent else "retriable"
-        self.counters.dead_letter_failures[kind] = self.counters.dead_letter_failures.get(kind, 0) + 1
-
-    async def _dead_letter_loop(self, shipper: DeadLetterShipper) -> None:
-        """Ship closed dead-letter files in order; a failing one is kept and retried with backoff."""
-        while True:
-            path = await self._dead_files.get()
-            shipped: Shipped | None = await self._until_done(
-                self._ship,
-                partial(shipper.ship, path),
-                (DeliveryError, OSError),  # OSError: the local file could not be read
-                self._shipping_failed,
-                message="could not ship dead letters; the file stays in the spool and is retried",
-                what={"file": path.name},
-            )
-            if shipped is not None:
-                self.counters.dead_letter_objects += 1
-                log.info(
-                    "shipped dead letters", extra={"key": shipped.key, "lines": shipped.lines, "bytes": shipped.size}
-                )
-            self._dead_files.task_done()
+        return self.delivery.deliver_one(batch)
 
 
 def _bounded(items: list[tuple[WalPosition, Chunk]]) -> list[tuple[WalPosition, Chunk]]:

@@ -21,6 +21,7 @@ from __future__ import annotations
 __all__ = ["DeadLetterShipper", "DeadLetterWriter", "Rotation", "Shipped", "dead_letter_key"]
 
 import base64
+import contextlib
 import gzip
 import json
 import os
@@ -114,20 +115,25 @@ class DeadLetterWriter:
         days = [p for p in names if DAY_NAME.match(p.name.removesuffix(SUFFIX))]
         shipped = [p for p in names if _created_ms(p.name) is not None]  # uuid7 names sort by time
         for path in days[-2:] + shipped[-2:]:
-            keep = 0
-            with path.open("rb") as f:
-                for line in f:
-                    try:
-                        position = WalPosition(*json.loads(line)["spool_position"])
-                    except (ValueError, KeyError, TypeError):
-                        break  # a torn last line, or a line written by hand: stop here
-                    if position > checkpoint:
-                        break
-                    keep += len(line)
-            if keep < path.stat().st_size:
-                with path.open("r+b") as f:
-                    f.truncate(keep)
-                    os.fsync(f.fileno())
+            with contextlib.suppress(FileNotFoundError):  # shipped meanwhile (a reset while running)
+                self._cut_after(path, checkpoint)
+
+    @staticmethod
+    def _cut_after(path: Path, checkpoint: WalPosition) -> None:
+        keep = 0
+        with path.open("rb") as f:
+            for line in f:
+                try:
+                    position = WalPosition(*json.loads(line)["spool_position"])
+                except (ValueError, KeyError, TypeError):
+                    break  # a torn last line, or a line written by hand: stop here
+                if position > checkpoint:
+                    break
+                keep += len(line)
+        if keep < path.stat().st_size:
+            with path.open("r+b") as f:
+                f.truncate(keep)
+                os.fsync(f.fileno())
 
     def closed_on_disk(self) -> list[Path]:
         """At start-up, after ``recover``: every file to ship, oldest first. All of them are wholly
@@ -188,6 +194,18 @@ class DeadLetterWriter:
         if force or age >= self.rotation.max_age_secs or self._bytes >= self.rotation.max_bytes:
             path = self._path
             self.close()
+            self._closed.append(path)
+
+    def reset(self, checkpoint: WalPosition) -> None:
+        """After a failed pipeline step: let go of the open file (what it still buffers is past the
+        checkpoint), cut its lines past ``checkpoint``; a shipping writer then ships it as closed."""
+        path, self._path = self._path, None
+        if self._file is not None:
+            with contextlib.suppress(OSError):
+                self._file.close()
+            self._file = None
+        self.recover(checkpoint)
+        if self.rotation is not None and path is not None and path.exists():
             self._closed.append(path)
 
     def take_closed(self) -> list[Path]:

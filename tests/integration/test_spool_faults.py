@@ -6,6 +6,8 @@ acked."""
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import subprocess
 import time
 from collections import Counter
@@ -183,3 +185,85 @@ def test_a_full_write_ahead_log_fails_the_chunk_and_keeps_what_was_acked(tmp_pat
     assert lake_uid_counts(tmp_path / "lake") == Counter(acked)
     assert "cut a torn record" not in sink.log() and "quarantined" not in sink.log()
     assert not list((tmp_path / "spool" / "quarantine").iterdir())
+
+
+SMALL_BATCHES_BYTES = 1024 * 1024  # the tmpfs under the batch files
+ROOM_LEFT_BYTES = 16 * 1024  # what the filler leaves free: less than one step appends
+
+
+@pytest.fixture
+def small_open(tmp_path: Path) -> Iterator[Path]:
+    """<spool>/open (returned) and <spool>/sealed on one real tmpfs of SMALL_BATCHES_BYTES (sealing
+    is a rename, so both live on it; the log stays on the disk). Root only; skipped elsewhere."""
+    mount_point = tmp_path / "batches"
+    mount_point.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={SMALL_BATCHES_BYTES}", "tmpfs", str(mount_point)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        (tmp_path / "spool").mkdir()
+        for name in ("open", "sealed"):
+            (mount_point / name).mkdir()
+            (tmp_path / "spool" / name).symlink_to(mount_point / name, target_is_directory=True)
+        yield tmp_path / "spool" / "open"
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def fill(directory: Path, leave: int) -> Path:
+    """A file taking all the free space of ``directory``'s file system but ``leave`` bytes."""
+    filler = directory / "filler.bin"
+    stat = os.statvfs(directory)
+    with filler.open("wb") as f:
+        f.write(b"\0" * max(0, stat.f_bavail * stat.f_frsize - leave))
+    return filler
+
+
+def send_chunks(client: ForwardClient, indexes: range, sent: list[int]) -> None:
+    for index in indexes:
+        ids = range(index * CHUNK_RECORDS, (index + 1) * CHUNK_RECORDS)
+        client.send("fault.test", auth_records(ids, time.time_ns()))
+        sent.extend(ids)
+
+
+def test_a_full_disk_under_the_batch_files_pauses_mapping_then_it_resumes_without_loss_or_duplicates(
+    tmp_path: Path, small_open: Path
+) -> None:
+    # GIVEN a running sink whose batch files live on a small file system, batches kept open
+    port = free_port()
+    config = write_config(tmp_path, port, extra="batch: {max_age_secs: 86400}\n")
+    sink = SinkProcess(config, port, tmp_path / "sink.log")
+    sent: list[int] = []
+    with ForwardClient("127.0.0.1", port, timeout=30) as client:
+        send_chunks(client, range(3), sent)  # mapped into an open batch before the fault
+        for _ in range(600):
+            if list(small_open.glob("*.batch")):
+                break
+            time.sleep(0.05)
+        # WHEN that file system fills up and more records come (acked: the log is elsewhere)
+        filler = fill(small_open, ROOM_LEFT_BYTES)
+        send_chunks(client, range(3, 13), sent)
+        unmapped = list(range(900_000, 900_000 + CHUNK_RECORDS))  # no rule maps them: dead letters
+        client.send("fault.unmapped", [(time.time_ns(), {"message": "no class", "n": n}) for n in unmapped])
+        # THEN mapping fails on the full disk and pauses, and the sink still takes and acks records
+        sink.wait_for_log("cannot map the spool's write-ahead log; resuming from the checkpoint after a pause")
+        assert "No space left on device" in sink.log()
+        send_chunks(client, range(13, 15), sent)
+
+    # WHEN the space comes back, THEN the same process goes back to its checkpoint and maps on
+    filler.unlink()
+    sink.wait_for_log("resumed mapping from the checkpoint", timeout=60)
+    assert sink.proc.poll() is None  # never restarted
+    assert sink.stop() == 0, sink.log()
+
+    # AND every acked record is in the lake exactly once: the failed steps' partial appends were cut
+    assert lake_uid_counts(tmp_path / "lake") == Counter(sent)
+    letters = [json.loads(line) for path in (tmp_path / "spool" / "dead_letter").glob("*.ndjson")
+               for line in path.read_text().splitlines()]  # fmt: skip
+    assert Counter(letter["record"]["n"] for letter in letters) == Counter(unmapped)
+    assert "stopped  objects=" in sink.log() and "clean=True" in sink.log()
+    assert not list((tmp_path / "spool" / "quarantine").iterdir())
+    assert not list((tmp_path / "spool" / "sealed").glob("*.batch"))

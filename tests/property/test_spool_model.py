@@ -144,7 +144,7 @@ class Sink:
         self.sealed += self.app._step(items, flush_all)
 
     def deliver(self, count: int) -> None:
-        """Mirrors App._deliver_loop: store sealed batches in order (App._deliver_one)."""
+        """Mirrors Delivery.deliver_loop with a lake that accepts all: sealed batches in order (App._deliver_one)."""
         for _ in range(min(count, len(self.sealed))):
             self.app._deliver_one(self.sealed[0])
             self.sealed.pop(0)
@@ -174,7 +174,7 @@ class Sink:
         assert app.spool._lock is not None
         app.spool._lock.close()
         app._pipeline.shutdown(wait=True)
-        app._deliver.shutdown(wait=True)
+        app.delivery.close()
 
     def close(self) -> None:
         self.running = False
@@ -183,7 +183,7 @@ class Sink:
         self.app.dead_letters.close()
         self.app.spool.close()
         self.app._pipeline.shutdown(wait=True)
-        self.app._deliver.shutdown(wait=True)
+        self.app.delivery.close()
 
 
 # -- reading what is where, independently of the pipeline -----------------------------------------

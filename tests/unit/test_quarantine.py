@@ -5,21 +5,21 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import msgpack
 import pyarrow.parquet as pq
 import pytest
 
-from securitylake_sink import app as app_module
+from securitylake_sink import delivery as delivery_module
 from securitylake_sink.app import App
 from securitylake_sink.config import Config, parse_config
 from securitylake_sink.errors import PermanentDelivery, RetriableDelivery
 from securitylake_sink.forward_client import pack_entries
 from securitylake_sink.lake.store import LocalStore
-from securitylake_sink.metrics_server import app_snapshot
+from securitylake_sink.metrics_server import app_readiness, app_snapshot
 from securitylake_sink.model import Chunk
 from securitylake_sink.sources.forward_codec import decode_spooled
 from securitylake_sink.spool import Spool, quarantine
@@ -31,7 +31,8 @@ HOUR_MS = 3_600_000
 ROWS = 20
 
 
-def config_for(root: Path, delivery: str) -> Config:
+def config_for(root: Path, delivery: str, batch_age_secs: float = 86400) -> Config:
+    """Class 6003 goes to ext/denied/, every other class to ext/unit/."""
     return parse_config(
         f"""
 destination:
@@ -39,9 +40,10 @@ destination:
   region: eu-west-1
   account_id: "111122223333"
   sources:
+    - {{class_uid: 6003, location: "ext/denied/"}}
     - {{class_uid: "*", location: "ext/unit/"}}
 spool: {{path: "{root / "spool"}"}}
-batch: {{max_age_secs: 86400}}
+batch: {{max_age_secs: {batch_age_secs}}}
 delivery: {delivery}
 """
     )
@@ -56,6 +58,36 @@ def hour_chunk(hour: int) -> Chunk:
                                         "metadata": {"uid": f"{hour}-{i}"}}))  # fmt: skip
     raw = msgpack.packb(["unit.auth", pack_entries(records), {}], use_bin_type=True)
     return decode_spooled(raw, T0_MS * 1_000_000)
+
+
+def denied_chunk(hour: int) -> Chunk:
+    """ROWS API Activity records (class 6003, stored under ext/denied/) in event hour ``hour``."""
+    records = []
+    for i in range(ROWS):
+        t = T0_MS + hour * HOUR_MS + i
+        records.append((t * 1_000_000, {"class_uid": 6003, "activity_id": 1, "time": t,
+                                        "actor": {"user": {"name": "u"}}, "api": {"operation": "PutObject"},
+                                        "src_endpoint": {"ip": "10.0.0.2"},
+                                        "metadata": {"uid": f"denied-{hour}-{i}"}}))  # fmt: skip
+    raw = msgpack.packb(["unit.api", pack_entries(records), {}], use_bin_type=True)
+    return decode_spooled(raw, T0_MS * 1_000_000)
+
+
+class PrefixRejectingStore(LocalStore):
+    """A local lake that rejects every key under ``prefix`` with ``error`` (while it is set) and
+    stores the others; ``calls`` lists every key it was asked to store, in order."""
+
+    def __init__(self, root: Path, prefix: str, error: Exception | None) -> None:
+        super().__init__(root)
+        self.prefix = prefix
+        self.error = error
+        self.calls: list[str] = []
+
+    def put(self, key: str, data: bytes) -> None:
+        self.calls.append(key)
+        if self.error is not None and key.startswith(self.prefix):
+            raise self.error
+        super().put(key, data)
 
 
 class RejectingStore(LocalStore):
@@ -94,8 +126,8 @@ class FlakyStore(LocalStore):
 @pytest.fixture(autouse=True)
 def fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
     """Retries a few milliseconds apart, so a test sees many attempts."""
-    monkeypatch.setattr(app_module, "RETRY_BASE_SECS", 0.001)
-    monkeypatch.setattr(app_module, "RETRY_MAX_SECS", 0.01)
+    monkeypatch.setattr(delivery_module, "RETRY_BASE_SECS", 0.001)
+    monkeypatch.setattr(delivery_module, "RETRY_MAX_SECS", 0.01)
 
 
 async def run_sink(config: Config, store: LocalStore, hours: range, timeout: float = 30) -> tuple[App, bool]:
@@ -107,40 +139,107 @@ async def run_sink(config: Config, store: LocalStore, hours: range, timeout: flo
     return app, await app.shutdown(timeout=timeout)
 
 
+async def stream_until(app: App, done: Callable[[], bool], first_hour: int = 100, limit: int = 200) -> int:
+    """Keep the lake busy with objects it accepts: one accepted chunk (a new event hour, so a new
+    object) at a time, each waited for until stored, until ``done()``; the number sent. Needs a
+    short batch.max_age_secs so each chunk is sealed at once."""
+    for sent in range(limit):
+        if done():
+            return sent
+        stored = app.counters.objects
+        await app.spool.submit(hour_chunk(first_hour + sent))
+        for _ in range(400):
+            if app.counters.objects > stored or done():
+                break
+            await asyncio.sleep(0.01)
+    pytest.fail(f"not done after {limit} accepted objects")
+
+
+def quarantined(root: Path) -> Callable[[], bool]:
+    return lambda: bool(quarantine.list_items(root / "spool"))
+
+
 def lake_uids(lake: Path) -> list[str]:
     return sorted(r["uid"] for p in lake.rglob("*.parquet") for r in pq.read_table(p).column("metadata").to_pylist())
 
 
-async def test_object_rejected_max_attempts_times_is_quarantined_and_the_next_delivered(tmp_path: Path) -> None:
-    # GIVEN three objects and a lake that rejects the first one it is given, permanently
-    store = RejectingStore(tmp_path / "lake", PermanentDelivery("AccessDenied: not allowed on that key"))
-    config = config_for(tmp_path, "{max_attempts: 3}")
-
-    # WHEN the sink stores them
+async def test_a_rejected_class_waits_its_backoff_while_the_other_is_stored_then_is_quarantined(
+    tmp_path: Path,
+) -> None:
+    # GIVEN a lake that rejects class 6003's prefix for good and stores class 3002
+    error = PermanentDelivery("AccessDenied: not on that prefix")
+    store = PrefixRejectingStore(tmp_path / "lake", "ext/denied/", error)
+    app = App(config_for(tmp_path, "{max_attempts: 3}", batch_age_secs=0.05), store=store, listen=False)
+    await app.start()
     started = time.time()
-    app, clean = await run_sink(config, store, range(3))
+    try:
+        # WHEN an object of each class is spooled, then more of the stored class keep coming
+        await app.spool.submit(denied_chunk(0))
+        await app.spool.submit(hour_chunk(0))
+        sent = await stream_until(app, quarantined(tmp_path))
+    finally:
+        assert await app.shutdown(timeout=30)
 
-    # THEN the rejected one was tried exactly max_attempts times and is in quarantine/, with its reason
-    assert clean
-    assert store.rejected is not None
-    assert store.calls.count(store.rejected) == 3
-    items = quarantine.list_items(tmp_path / "spool")
-    assert [(i.kind, i.path.suffix) for i in items] == [("batch", SUFFIX)]
-    reason = json.loads((tmp_path / "spool" / "quarantine" / f"{items[0].id}.reason.json").read_text())
-    assert reason["key"] == store.rejected
-    assert (reason["kind"], reason["cause"], reason["class_uid"], reason["rows"]) == (
-        "batch", "permanent_failure", 3002, ROWS)  # fmt: skip
+    # THEN objects of the accepted class were stored between the rejected one's attempts (it never
+    # held them up) and the rejected one is in quarantine/ after max_attempts counted rejections
+    denied = [i for i, key in enumerate(store.calls) if key.startswith("ext/denied/")]
+    accepted = [i for i, key in enumerate(store.calls) if key.startswith("ext/unit/")]
+    assert len({store.calls[i] for i in denied}) == 1
+    assert len(denied) >= 4  # its first rejection cannot count: nothing was stored since it was tried
+    assert sum(denied[0] < i < denied[-1] for i in accepted) >= 3
+    (item,) = quarantine.list_items(tmp_path / "spool")
+    reason = item.reason
+    assert reason["key"] == store.calls[denied[0]]
+    assert (item.kind, reason["cause"], reason["class_uid"], reason["rows"]) == (
+        "batch", "permanent_failure", 6003, ROWS)  # fmt: skip
     assert reason["attempts"] == 3
-    assert reason["last_error"] == "AccessDenied: not allowed on that key"
+    assert reason["last_error"] == "AccessDenied: not on that prefix"
     for moment in ("first_failure", "last_failure", "quarantined_at"):
         assert reason[moment].endswith("Z") and reason[moment] >= time.strftime("%Y-%m-%dT%H:%M", time.gmtime(started))
-    # AND the other two objects were delivered after it, and nothing is left in sealed/
-    assert len(lake_uids(tmp_path / "lake")) == 2 * ROWS
-    assert store.calls[:3] == [store.rejected] * 3 and len(store.calls) == 5
+    # AND every object of the accepted class is in the lake, nothing is left in sealed/
+    assert len(lake_uids(tmp_path / "lake")) == (1 + sent) * ROWS
+    assert app.counters.objects == 1 + sent and app.counters.permanent_failures == len(denied)
     assert list((tmp_path / "spool" / "sealed").iterdir()) == []
     assert app.spool.quarantined == {"batch": 1}
-    assert app.counters.objects == 2 and app.counters.permanent_failures == 3
-    assert app.counters.delivery_failing is None
+
+
+async def test_a_destination_rejecting_everything_quarantines_nothing_and_delivers_once_it_accepts(
+    tmp_path: Path,
+) -> None:
+    # GIVEN a lake that rejects every object for good (the bucket is gone), max_attempts 2
+    store = PrefixRejectingStore(tmp_path / "lake", "", PermanentDelivery("NoSuchBucket: the bucket does not exist"))
+    app = App(config_for(tmp_path, "{max_attempts: 2, max_age_secs: 0.001}", batch_age_secs=0.05),
+              store=store, listen=False)  # fmt: skip
+    await app.start()
+    try:
+        # WHEN three objects of two classes are rejected many more times than max_attempts
+        for chunk in (hour_chunk(0), hour_chunk(1), denied_chunk(0)):
+            await app.spool.submit(chunk)
+        for _ in range(1000):
+            if len(store.calls) >= 60:
+                break
+            await asyncio.sleep(0.01)
+        # THEN none was counted or quarantined, and delivery says it is failing
+        assert len(store.calls) >= 60 and len(set(store.calls)) == 3
+        assert quarantine.list_items(tmp_path / "spool") == []
+        assert list((tmp_path / "spool" / "sealed").glob("*.failures")) == []
+        assert app.counters.delivery_failing == "NoSuchBucket: the bucket does not exist"
+        assert app_readiness(app) == "delivery fails permanently: NoSuchBucket: the bucket does not exist"
+        assert app.counters.objects == 0
+
+        # WHEN the lake accepts again THEN everything is stored, without a restart
+        store.error = None
+        for _ in range(1000):
+            if app.counters.objects == 3:
+                break
+            await asyncio.sleep(0.01)
+        assert app.counters.objects == 3
+        assert app.counters.delivery_failing is None and app_readiness(app) is None
+    finally:
+        assert await app.shutdown(timeout=30)
+    assert len(lake_uids(tmp_path / "lake")) == 3 * ROWS
+    assert quarantine.list_items(tmp_path / "spool") == []
+    assert list((tmp_path / "spool" / "sealed").iterdir()) == []
 
 
 async def test_transient_failures_never_quarantine(tmp_path: Path) -> None:
@@ -160,41 +259,65 @@ async def test_transient_failures_never_quarantine(tmp_path: Path) -> None:
     assert app.counters.delivery_failures == 8 and app.counters.permanent_failures == 0
 
 
-async def test_rejections_count_across_restarts_and_max_age_secs_quarantines(tmp_path: Path) -> None:
-    # GIVEN a sink that stopped while one object kept being rejected (the shutdown timed out)
-    rejecting = RejectingStore(tmp_path / "lake", PermanentDelivery("NoSuchBucket: the bucket does not exist"))
-    _, clean = await run_sink(config_for(tmp_path, "{max_attempts: 1000}"), rejecting, range(1), timeout=0.5)
-    assert not clean
-    sealed = list((tmp_path / "spool" / "sealed").glob(f"*{SUFFIX}"))
-    assert len(sealed) == 1
-    before = quarantine.read_failures(sealed[0])
-    # (a put still running when the shutdown gave up is not counted: at most one behind)
-    assert before is not None and 1 <= before.attempts <= len(rejecting.calls) <= before.attempts + 1
+def failures_of_denied(root: Path) -> Callable[[], int]:
+    """The counted rejections of the one sealed batch of class 6003 (0 while none)."""
 
-    # WHEN it restarts with max_attempts one above that count, THEN one more rejection quarantines it
-    again = RejectingStore(tmp_path / "lake", PermanentDelivery("NoSuchBucket: the bucket does not exist"))
-    config = config_for(tmp_path, f"{{max_attempts: {before.attempts + 1}}}")
-    _, clean = await run_sink(config, again, range(0))
-    assert clean and len(again.calls) == 1
+    def attempts() -> int:
+        for path in (root / "spool" / "sealed").glob(f"*{SUFFIX}"):
+            failures = quarantine.read_failures(path)
+            if failures is not None and "ext/denied/" in failures.last_error:
+                return failures.attempts
+        return 0
+
+    return attempts
+
+
+async def test_rejections_count_across_restarts_and_max_age_secs_quarantines(tmp_path: Path) -> None:
+    # GIVEN a sink that stopped while one object kept being rejected, with two rejections counted
+    def rejecting(message: str) -> PrefixRejectingStore:
+        return PrefixRejectingStore(tmp_path / "lake", "ext/denied/", PermanentDelivery(f"{message} ext/denied/"))
+
+    counted = failures_of_denied(tmp_path)
+    app = App(config_for(tmp_path, "{max_attempts: 1000}", 0.05), store=rejecting("AccessDenied:"), listen=False)
+    await app.start()
+    await app.spool.submit(denied_chunk(0))
+    await stream_until(app, lambda: counted() >= 2)
+    assert not await app.shutdown(timeout=0.5)  # the rejected object is still held
+    (sealed,) = (tmp_path / "spool" / "sealed").glob(f"*{SUFFIX}")
+    before = quarantine.read_failures(sealed)
+    assert before is not None and before.attempts >= 2
+
+    # WHEN it restarts with max_attempts one above that count, THEN one more counted rejection
+    # quarantines it
+    again = rejecting("NoSuchKey:")
+    app = App(config_for(tmp_path, f"{{max_attempts: {before.attempts + 1}}}", 0.05), store=again, listen=False)
+    await app.start()
+    await stream_until(app, quarantined(tmp_path), first_hour=300)
+    assert await app.shutdown(timeout=30)
     (item,) = quarantine.list_items(tmp_path / "spool")
     assert item.reason["attempts"] == before.attempts + 1
+    assert item.reason["last_error"] == "NoSuchKey: ext/denied/"
     assert not list((tmp_path / "spool" / "sealed").iterdir())  # the failure count went with it
 
-    # GIVEN it put back, with a first rejection an hour ago WHEN rejected once more under
-    # max_age_secs: 60 and a high max_attempts THEN it is quarantined at once
+    # GIVEN it put back, with a first rejection an hour ago WHEN rejected (and counted) once more
+    # under max_age_secs: 60 and a high max_attempts THEN it is quarantined at once
     target = quarantine.retry(tmp_path / "spool", item)
     quarantine.record_failure(target, "AccessDenied", now=time.time() - 3600)
-    third = RejectingStore(tmp_path / "lake", PermanentDelivery("AccessDenied: explicit deny"))
-    _, clean = await run_sink(config_for(tmp_path, "{max_attempts: 1000, max_age_secs: 60}"), third, range(0))
-    assert clean and len(third.calls) == 1
+    third = rejecting("AccessDenied: explicit deny")
+    app = App(config_for(tmp_path, "{max_attempts: 1000, max_age_secs: 60}", 0.05), store=third, listen=False)
+    await app.start()
+    await stream_until(app, quarantined(tmp_path), first_hour=500)
+    assert await app.shutdown(timeout=30)
     (item,) = quarantine.list_items(tmp_path / "spool")
-    assert item.reason["attempts"] == 2 and item.reason["last_error"] == "AccessDenied: explicit deny"
+    assert item.reason["attempts"] == 2 and item.reason["last_error"] == "AccessDenied: explicit deny ext/denied/"
 
 
 async def test_a_batch_put_back_while_running_is_delivered(tmp_path: Path) -> None:
     # GIVEN a quarantined batch and a running sink whose lake now accepts everything
     store = RejectingStore(tmp_path / "lake", PermanentDelivery("AccessDenied"))
-    await run_sink(config_for(tmp_path, "{max_attempts: 1}"), store, range(1))
+    await run_sink(config_for(tmp_path, "{max_attempts: 1}"), store, range(1), timeout=0.3)
+    (sealed,) = (tmp_path / "spool" / "sealed").glob(f"*{SUFFIX}")
+    quarantine.quarantine_batch(tmp_path / "spool", sealed, "permanent_failure", "AccessDenied")
     (item,) = quarantine.list_items(tmp_path / "spool")
     app = App(config_for(tmp_path, "{max_attempts: 1}"), store=LocalStore(tmp_path / "lake"), listen=False)
     await app.start()
@@ -238,13 +361,15 @@ def test_unreadable_batch_files_are_quarantined_on_open(tmp_path: Path) -> None:
 
 async def test_metrics_show_quarantined_items_and_deduplicated_chunks(tmp_path: Path) -> None:
     # GIVEN a sink that quarantined one object and got one chunk twice (same token)
-    store = RejectingStore(tmp_path / "lake", PermanentDelivery("AccessDenied"))
-    app = App(config_for(tmp_path, "{max_attempts: 1}"), store=store, listen=False)
+    store = PrefixRejectingStore(tmp_path / "lake", "ext/denied/", PermanentDelivery("AccessDenied"))
+    app = App(config_for(tmp_path, "{max_attempts: 1}", 0.05), store=store, listen=False)
     await app.start()
+    await app.spool.submit(denied_chunk(0))
     received_now = dataclasses.replace(hour_chunk(0), received_ns=time.time_ns())  # inside the dedup window
     chunk = dataclasses.replace(received_now, token="chunk-0001")  # noqa: S106 (a chunk token, not a secret)
     await app.spool.submit(chunk)
     await app.spool.submit(chunk)
+    await stream_until(app, quarantined(tmp_path))
     assert await app.shutdown(timeout=30)
 
     # WHEN the metrics are scraped

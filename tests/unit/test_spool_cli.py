@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from securitylake_sink import app as app_module
+from securitylake_sink import delivery as delivery_module
 from securitylake_sink.cli import main
 from securitylake_sink.errors import PermanentDelivery
 from securitylake_sink.spool import quarantine
@@ -24,8 +24,8 @@ SEGMENT = "00000000000000000001"
 @pytest.fixture
 def spool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A spool with two quarantined batches, one damaged log segment, and one batch left sealed."""
-    monkeypatch.setattr(app_module, "RETRY_BASE_SECS", 0.001)
-    monkeypatch.setattr(app_module, "RETRY_MAX_SECS", 0.01)
+    monkeypatch.setattr(delivery_module, "RETRY_BASE_SECS", 0.001)
+    monkeypatch.setattr(delivery_module, "RETRY_MAX_SECS", 0.01)
     root = tmp_path / "spool"
     store = RejectingStore(tmp_path / "lake", PermanentDelivery("AccessDenied: denied on that prefix"))
     store.rejected = "-"  # never None: every key is rejected
@@ -36,11 +36,20 @@ def spool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
     store.put = reject_all  # type: ignore[method-assign]
 
-    async def build() -> None:
-        await run_sink(config_for(tmp_path, "{max_attempts: 1}"), store, range(2))
-        await run_sink(config_for(tmp_path, "{max_attempts: 1000}"), store, range(5, 6), timeout=0.3)
+    async def build(hours: range) -> list[Path]:
+        """Batches left sealed by a sink whose every put was rejected (so none was counted), each
+        then given one counted rejection, as delivery records it once the lake stored another object."""
+        before = set((root / "sealed").glob(f"*{SUFFIX}"))
+        await run_sink(config_for(tmp_path, "{max_attempts: 1000}"), store, hours, timeout=0.3)
+        left = sorted(set((root / "sealed").glob(f"*{SUFFIX}")) - before)
+        for path in left:
+            quarantine.record_failure(path, "AccessDenied: denied on that prefix")
+        return left
 
-    asyncio.run(build())
+    for path in asyncio.run(build(range(2))):
+        failures = quarantine.read_failures(path)
+        quarantine.quarantine_batch(root, path, "permanent_failure", "AccessDenied: denied on that prefix", failures)
+    asyncio.run(build(range(5, 6)))
     segment = root / "wal" / f"{SEGMENT}.wal"
     segment.write_bytes(encode_record(b"mapped") + b"\x00garbage" + encode_record(b"lost"))
     quarantine.quarantine_segment(root, segment, len(encode_record(b"mapped")))

@@ -48,18 +48,24 @@ Invariants:
 7. Quarantine: nothing leaves the spool unstored except through ``quarantine/`` (or ``spool
    drop``). A sealed batch is quarantined only after permanent rejections (``PermanentDelivery``)
    reached ``delivery.max_attempts`` or lasted ``delivery.max_age_secs``; transient failures never
-   count and retry forever. The count is kept in ``sealed/<id>.failures`` (written before the
-   next attempt), so it survives restarts. A batch that ``spool retry`` puts back into ``sealed/``
-   starts a fresh count; the running sink looks for such batches every few seconds.
+   count and retry forever. A permanent rejection counts only if the lake stored another object
+   since this batch's previous rejection (or since it was first tried), so a destination that
+   refuses everything sets nothing aside (delivery.py). The count is kept in
+   ``sealed/<id>.failures`` (written before the next attempt), so it survives restarts. A batch
+   that ``spool retry`` puts back into ``sealed/`` starts a fresh count; the running sink looks
+   for such batches every few seconds.
 
 Recovery (``open``): cut a torn tail off the newest log segment (a crash artefact, not damage);
 in every open batch cut a torn tail and every frame past the checkpoint (those chunks are mapped
 again from the log); move batch files that cannot be read, and sealed ones with any damage (they
 were whole when sealed), to ``quarantine/``; rebuild the token set from the ``tokens`` file plus
 every log segment still on disk; then the mapper resumes at the checkpoint and sealed batches are
-stored. When the mapper meets a damaged record in an older
-segment (bad checksum or framing before the segment's end), it maps the records before it, moves
-the segment to ``quarantine/`` with the offset of the damage, and goes on with the next segment.
+stored. A pipeline step that fails while running (e.g. no space for the batch files) is undone
+the same way without a restart: frames and dead letters past the checkpoint are cut, open batch
+files created since it are deleted, and the mapper resumes at the checkpoint (app.py). When the
+mapper meets a damaged record in an older segment (bad checksum or framing before the segment's
+end), it maps the records before it, moves the segment to ``quarantine/`` with the offset of the
+damage, and goes on with the next segment.
 """
 
 from __future__ import annotations
@@ -246,6 +252,11 @@ class Spool:
         except SpoolCorrupt as exc:
             self.quarantine_batch(path, "corrupt", str(exc))
             return None
+
+    def recover_open(self, path: Path, checkpoint: WalPosition) -> BatchFile | None:
+        """An open batch file as ``open`` recovers it while running (after a failed pipeline step):
+        every frame past ``checkpoint`` cut; None when it is unreadable (then quarantined)."""
+        return self._recover(path, checkpoint)
 
     def adopt_sealed(self, path: Path) -> BatchFile | None:
         """A batch found in ``sealed/`` while running (put back by ``spool retry``); None when it
