@@ -71,7 +71,10 @@ def test_acked_records_survive_kill_9(tmp_path: Path) -> None:
 SCALE_RECORDS = 200_000
 SCALE_CHUNK = 1000  # records per chunk, as Fluent Bit sends them
 SCALE_KILLS = 5
-KILL_AFTER_SECS = (0.5, 2.5)  # a kill comes at a random moment in this range after start
+# A kill comes at a random moment soon after the client has had this many more chunks acked, so
+# it always lands while records flow, however fast the sink takes them.
+KILL_AFTER_CHUNKS = (5, 30)
+KILL_WITHIN_SECS = 0.05
 
 
 def _scale_chunk(index: int, base_ns: int) -> list[tuple[int, dict[str, object]]]:
@@ -79,14 +82,25 @@ def _scale_chunk(index: int, base_ns: int) -> list[tuple[int, dict[str, object]]
     return auth_records(range(index * SCALE_CHUNK, (index + 1) * SCALE_CHUNK), base_ns + index)
 
 
-def _send_chunks(port: int, first: int, stop_at: int, base_ns: int) -> int:
-    """Send chunks from ``first`` until one is not acked; the index of the first chunk not acked."""
+def _send_chunks(
+    port: int,
+    first: int,
+    stop_at: int,
+    base_ns: int,
+    *,
+    kill_at: int | None = None,
+    kill: threading.Timer | None = None,
+) -> int:
+    """Send chunks from ``first`` until one is not acked (starting ``kill`` once chunk ``kill_at``
+    is acked); the index of the first chunk not acked."""
     index = first
     try:
         with ForwardClient("127.0.0.1", port, timeout=10) as client:
             while index < stop_at:
                 client.send("crash.scale", _scale_chunk(index, base_ns))
                 index += 1
+                if kill is not None and index == kill_at:
+                    kill.start()
     except (OSError, ProtocolError):
         pass  # the chunk in flight is sent again to the next process: stored once either way
     return index
@@ -106,9 +120,9 @@ def test_200k_acked_records_survive_repeated_kill_9_exactly_once(tmp_path: Path)
     while kills < SCALE_KILLS or acked_chunks < chunks:
         sink = SinkProcess(config, port, tmp_path / f"scale{kills}.log", level="info")
         if kills < SCALE_KILLS:
-            killer = threading.Timer(rng.uniform(*KILL_AFTER_SECS), sink.proc.kill)
-            killer.start()
-            acked_chunks = _send_chunks(port, acked_chunks, chunks, base_ns)
+            killer = threading.Timer(rng.uniform(0, KILL_WITHIN_SECS), sink.proc.kill)
+            kill_at = acked_chunks + rng.randint(*KILL_AFTER_CHUNKS)
+            acked_chunks = _send_chunks(port, acked_chunks, chunks, base_ns, kill_at=kill_at, kill=killer)
             killer.join()
             sink.proc.wait(10)
             kills += 1
