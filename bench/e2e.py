@@ -54,6 +54,8 @@ listen:
   forward: {{address: "127.0.0.1:{port}"}}
   metrics: {{enabled: false}}
 spool: {{path: "{tmp / "spool"}"}}
+# the figures run to the last object: let the flush on SIGTERM finish whatever the backlog
+shutdown: {{timeout_secs: 3600}}
 mappings:
 {mappings}"""
     )

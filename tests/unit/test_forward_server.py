@@ -13,6 +13,7 @@ import pytest
 
 from securitylake_sink.errors import Backpressure, SinkError
 from securitylake_sink.model import Chunk
+from securitylake_sink.sources import forward
 from securitylake_sink.sources.forward import ForwardServer, decode_spooled
 from tests.unit.fake_sinks import GatedSink, RecordingSink
 
@@ -414,3 +415,44 @@ async def test_a_full_sink_holds_the_frame_and_keeps_the_connection_open() -> No
         assert await read_some(reader) == FLUENT_BIT_ACK
         assert len(sink.chunks) == 1 and server.stats.submit_failures == 0
         await close_client(writer)
+
+
+# --- intake budget ------------------------------------------------------------------------------
+
+
+class CountingGatedSink(GatedSink):
+    """A gated sink that counts the submits waiting on the gate."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiting = 0
+
+    async def submit(self, chunk: Chunk) -> None:
+        self.waiting += 1
+        try:
+            await super().submit(chunk)
+        finally:
+            self.waiting -= 1
+
+
+async def test_a_spent_intake_budget_holds_frames_until_chunks_are_durable(monkeypatch: pytest.MonkeyPatch) -> None:
+    # GIVEN a budget that lets one frame in at a time, and a sink that holds submits
+    monkeypatch.setattr(forward, "INTAKE_BUDGET_BYTES", 1)
+    sink = CountingGatedSink()
+    async with serving(sink) as server:
+        # WHEN four shippers each send a chunk
+        clients = [await connect(server) for _ in range(4)]
+        for i, (_, writer) in enumerate(clients):
+            await send(writer, with_chunk_id(f"c{i}"))
+        await wait_until(lambda: sink.waiting == 1)
+        await asyncio.sleep(0.2)
+        # THEN only one is decoded and being stored; the others wait unread
+        assert sink.waiting == 1
+        # WHEN the store completes
+        sink.release.set()
+        # THEN every chunk is stored and acked, none twice
+        for i, (reader, _) in enumerate(clients):
+            assert msgpack.unpackb(await read_some(reader)) == {"ack": f"c{i}"}
+        for _, writer in clients:
+            await close_client(writer)
+    assert sorted(c.token or "" for c in sink.chunks) == ["c0", "c1", "c2", "c3"]

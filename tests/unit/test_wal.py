@@ -663,3 +663,52 @@ async def test_read_from_ignores_records_not_yet_fsynced_after_a_rotation(
     assert all(pos <= bound for pos, _ in records)
     assert [p for _, p in records] == earlier
     wal.close()
+
+
+async def test_a_budgeted_read_takes_about_its_budget_and_resumes_where_it_stopped(wal_dir: Path) -> None:
+    # GIVEN 400 records of 10 KiB in one segment
+    wal = WriteAheadLog(wal_dir)
+    wal.open()
+    payloads = [bytes([i % 256]) * 10_240 for i in range(400)]
+    for payload in payloads:
+        await wal.append(payload)
+    # WHEN they are read back with a budget of 1 MiB per read
+    got: list[bytes] = []
+    cursor = START
+    reads = 0
+    while reads < 100:
+        records, _ = wal.read_from(cursor, 1_000_000, max_bytes=1024 * 1024)
+        if not records:
+            break
+        reads += 1
+        assert sum(len(p) for _, p in records) < 1024 * 1024 + 10_240  # the budget, plus the record that crossed it
+        got += [p for _, p in records]
+        cursor = records[-1][0]
+    # THEN every record comes back once, in order, over several reads
+    assert got == payloads
+    assert reads >= 4
+    wal.close()
+
+
+async def test_a_budgeted_read_still_finds_damage_at_its_cursor(wal_dir: Path) -> None:
+    # GIVEN segments of about 3 MiB, and records after the first of the oldest one damaged
+    wal = WriteAheadLog(wal_dir)
+    wal.segment_bytes = 3 * 1024 * 1024
+    wal.open()
+    for i in range(60):
+        await wal.append(bytes([i]) * 100_000)
+    first, _ = wal.read_from(START, 1)
+    wal.close()
+    path = sorted(wal_dir.glob("*.wal"))[0]
+    assert len(list(wal_dir.glob("*.wal"))) > 1
+    data = bytearray(path.read_bytes())
+    offset = first[0][0].offset
+    data[offset : offset + 16] = b"\xff" * 16
+    path.write_bytes(bytes(data))
+    wal = WriteAheadLog(wal_dir)
+    wal.open()
+    # WHEN a budgeted read (smaller than what follows in the segment) starts at the damage
+    # THEN the damage is reported, not taken for the end of the records
+    with pytest.raises(SpoolCorrupt):
+        wal.read_from(first[0][0], 100, max_bytes=1024 * 1024)
+    wal.close()

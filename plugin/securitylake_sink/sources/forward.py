@@ -46,6 +46,9 @@ DEFAULT_MAX_CONNECTIONS: Final = 1024
 CLOSE_WAIT_SECS: Final = 1.0
 # How often a connection holding a frame on a full sink tries it again (at most).
 BACKPRESSURE_POLL_SECS: Final = 0.2
+# Frame bytes decoded and waiting to be durable, over all connections: a decoded chunk takes about
+# five times its frame, so this bounds intake's memory however many shippers send at once.
+INTAKE_BUDGET_BYTES: Final = 16 * 1024 * 1024
 
 
 class ChunkSink(Protocol):
@@ -120,6 +123,7 @@ class ForwardServer:
         self._server: asyncio.Server | None = None
         self._connections: set[_Connection] = set()
         self._closing = False
+        self._budget = IntakeBudget(INTAKE_BUDGET_BYTES)
         self.stats = ForwardStats()
 
     async def start(self) -> None:
@@ -231,7 +235,10 @@ class ForwardServer:
                 frames.feed(data)
                 # Every frame of one read is submitted at once, so one fsync serves them all;
                 # acks still go out in order, each after its own chunk is durable.
-                started = [self._start(conn, obj, raw) for obj, raw in frames.frames()]
+                started = []
+                for obj, raw in frames.frames():
+                    await self._budget.acquire(len(raw))
+                    started.append(self._start(conn, obj, raw))
                 for chunk, stored in started:
                     await self._finish(conn, chunk, stored)
                     if self._closing:
@@ -246,15 +253,24 @@ class ForwardServer:
                 return
 
     def _start(self, conn: _Connection, obj: object, raw: bytes) -> tuple[Chunk | None, asyncio.Future[None] | None]:
-        """Decode one frame and start storing its chunk (ordered with the frames before it)."""
-        chunk = decode_frame(obj, raw, time.time_ns())
-        if chunk is None:
-            self.stats.keepalives += 1
-            return None, None
-        self.stats.frames += 1
-        if not chunk.entries:  # only group markers: nothing to store, still acked
+        """Decode one frame and start storing its chunk (ordered with the frames before it); the
+        frame's share of the intake budget is given back once the chunk is durable (or failed)."""
+        try:
+            chunk = decode_frame(obj, raw, time.time_ns())
+        except BaseException:
+            self._budget.release(len(raw))
+            raise
+        if chunk is None or not chunk.entries:  # a keepalive, or only group markers (still acked)
+            self._budget.release(len(raw))
+            if chunk is None:
+                self.stats.keepalives += 1
+                return None, None
+            self.stats.frames += 1
             return chunk, None
-        return chunk, asyncio.ensure_future(self._submit_held(chunk))
+        self.stats.frames += 1
+        stored = asyncio.ensure_future(self._submit_held(chunk))
+        stored.add_done_callback(lambda _: self._budget.release(len(raw)))
+        return chunk, stored
 
     async def _submit_held(self, chunk: Chunk) -> None:
         """Submit, holding the chunk while the sink is full: never dropped, never acked early.
@@ -295,6 +311,26 @@ class ForwardServer:
     def _count_error(self, exc: ProtocolError) -> None:
         reason = str(exc)
         self.stats.protocol_errors[reason] = self.stats.protocol_errors.get(reason, 0) + 1
+
+
+class IntakeBudget:
+    """Frame bytes decoded and not yet durable, across connections. A connection waits (reading
+    nothing more, so TCP pushes back) while the budget is spent; one frame is always let in."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+        self._released = asyncio.Event()
+
+    async def acquire(self, size: int) -> None:
+        while self.held and self.held + size > self.limit:
+            self._released.clear()
+            await self._released.wait()
+        self.held += size
+
+    def release(self, size: int) -> None:
+        self.held -= size
+        self._released.set()
 
 
 def _peer_name(writer: asyncio.StreamWriter) -> str:

@@ -63,6 +63,26 @@ def scan_records(data: bytes, start: int = 0) -> Iterator[tuple[int, int, bytes]
         pos = end
 
 
+# A budgeted read takes this much more than its budget, so the records it cuts are few.
+WINDOW_SLACK = 1024 * 1024
+
+
+def _read_window(path: Path, start: int, stop: int, want: int | None) -> bytes:
+    """Bytes ``start``..``stop`` of a segment; with ``want``, only about that many (whole records
+    worth at least ``want`` bytes, or the first record whatever its size)."""
+    with path.open("rb") as f:
+        f.seek(start)
+        if want is None or stop - start <= want + WINDOW_SLACK:
+            return f.read(stop - start)
+        data = f.read(want + WINDOW_SLACK)
+        if len(data) >= HEADER.size:
+            magic, length, _ = HEADER.unpack_from(data, 0)
+            first_end = HEADER.size + length
+            if magic == MAGIC and len(data) < first_end <= stop - start:  # a record longer than the window
+                data += f.read(first_end - len(data))
+        return data
+
+
 def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -233,27 +253,37 @@ class WriteAheadLog:
         return (start.offset == 0 and start.segment == cursor.segment + 1
                 and self._segment_sizes.get(cursor.segment) == cursor.offset)
 
-    def read_from(self, cursor: WalPosition, limit: int) -> tuple[list[tuple[WalPosition, bytes]], WalPosition]:
-        """Up to ``limit`` durable records from disk after ``cursor``, and the durable end that
+    def read_from(
+        self, cursor: WalPosition, limit: int, max_bytes: int | None = None
+    ) -> tuple[list[tuple[WalPosition, bytes]], WalPosition]:
+        """Up to ``limit`` durable records from disk after ``cursor`` (and, with ``max_bytes``, no
+        more records once that many payload bytes are read; at least one), and the durable end that
         bounded the read (blocking; call off the loop)."""
         out: list[tuple[WalPosition, bytes]] = []
         end = self._durable_end
+        budget = max_bytes if max_bytes is not None else float("inf")
         for segment in self.segments():
             if segment > end.segment:
                 break  # written, maybe not yet durable: never hand it out before its fsync
-            if segment < cursor.segment or len(out) >= limit:
+            if segment < cursor.segment or len(out) >= limit or budget <= 0:
                 continue
             path = self.segment_path(segment)
-            data = path.read_bytes()
-            limit_offset = end.offset if segment == end.segment else len(data)
             start = cursor.offset if segment == cursor.segment else 0
+            stop = end.offset if segment == end.segment else path.stat().st_size
+            data = _read_window(path, start, stop, None if max_bytes is None else int(budget))
+            if start + len(data) < stop and next(scan_records(data), None) is None:
+                data = _read_window(path, start, stop, None)  # no whole record in the window: look at all
+            whole = start + len(data) >= stop  # the read reached the end of what is durable
             last = start
-            for _, rec_end, payload in scan_records(data[:limit_offset], start):
-                out.append((WalPosition(segment, rec_end), payload))
-                last = rec_end
-                if len(out) >= limit:
+            for _, rec_end, payload in scan_records(data):
+                out.append((WalPosition(segment, start + rec_end), payload))
+                last = start + rec_end
+                budget -= len(payload)
+                if len(out) >= limit or budget <= 0:
                     break
-            if len(out) < limit and last < limit_offset and segment != end.segment:
+            if not whole:
+                break  # the budget's window ends inside this segment: the next read goes on from here
+            if len(out) < limit and budget > 0 and last < stop and segment != end.segment:
                 if self.on_damaged is None:
                     raise SpoolCorrupt(f"spool segment {path.name} is damaged at byte {last}")
                 if last > start:
