@@ -34,6 +34,7 @@ from securitylake_sink.sources.forward_codec import (
     FrameReader,
     decode_frame,
     decode_spooled,
+    unpack_frame,
 )
 
 log = logging.getLogger("securitylake_sink.sources.forward")
@@ -236,9 +237,9 @@ class ForwardServer:
                 # Every frame of one read is submitted at once, so one fsync serves them all;
                 # acks still go out in order, each after its own chunk is durable.
                 started = []
-                for obj, raw in frames.frames():
-                    await self._budget.acquire(len(raw))
-                    started.append(self._start(conn, obj, raw))
+                for raw in frames.raw_frames():
+                    await self._budget.acquire(len(raw))  # before the frame's objects are built
+                    started.append(self._start(conn, raw))
                 for chunk, stored in started:
                     await self._finish(conn, chunk, stored)
                     if self._closing:
@@ -252,11 +253,11 @@ class ForwardServer:
                     )
                 return
 
-    def _start(self, conn: _Connection, obj: object, raw: bytes) -> tuple[Chunk | None, asyncio.Future[None] | None]:
+    def _start(self, conn: _Connection, raw: bytes) -> tuple[Chunk | None, asyncio.Future[None] | None]:
         """Decode one frame and start storing its chunk (ordered with the frames before it); the
         frame's share of the intake budget is given back once the chunk is durable (or failed)."""
         try:
-            chunk = decode_frame(obj, raw, time.time_ns())
+            chunk = decode_frame(unpack_frame(raw), raw, time.time_ns())
         except BaseException:
             self._budget.release(len(raw))
             raise

@@ -129,10 +129,17 @@ class FrameReader:
 
     def frames(self) -> Iterator[tuple[object, bytes]]:
         """Yield each complete object with the bytes it came in; raise ProtocolError on garbage."""
+        for raw in self.raw_frames():
+            yield unpack_frame(raw), raw
+
+    def raw_frames(self) -> Iterator[bytes]:
+        """Yield the bytes of each complete frame without building its objects (``unpack_frame``
+        does that later, so a frame waiting its turn costs its bytes only)."""
         while True:
             try:
-                obj = self._unpacker.unpack()
+                self._unpacker.skip()
             except msgpack.OutOfData:
+                _check_header(self._pending)
                 break
             except Exception as exc:  # any unpack failure is bad input
                 raise _unpack_error(exc) from exc
@@ -143,10 +150,35 @@ class FrameReader:
             self._offset = end
             if size > self._max_frame_bytes:
                 raise FrameTooLarge("frame over max_frame_bytes")
-            yield obj, raw
+            yield raw
         # msgpack drops the parsed part of a partial frame from its buffer, so count it here.
         if len(self._pending) > self._max_frame_bytes:
             raise FrameTooLarge("frame over max_frame_bytes")
+
+
+_CONTAINER_HEADERS: Final = {0xDC: (">H", MAX_ARRAY_LEN), 0xDD: (">I", MAX_ARRAY_LEN),
+                              0xDE: (">H", MAX_MAP_LEN), 0xDF: (">I", MAX_MAP_LEN)}
+
+
+def _check_header(pending: bytearray) -> None:
+    """Refuse a frame whose top-level array or map header is over its cap before waiting for the
+    rest (skipping, unlike unpacking, does not look at the caps)."""
+    if not pending or pending[0] not in _CONTAINER_HEADERS:
+        return
+    form, cap = _CONTAINER_HEADERS[pending[0]]
+    size = struct.calcsize(form)
+    if len(pending) > size and struct.unpack_from(form, pending, 1)[0] > cap:
+        raise FrameTooLarge("str, bin, array or map over the cap")
+
+
+def unpack_frame(raw: bytes) -> object:
+    """The object of one whole frame (as ``FrameReader.raw_frames`` yields them)."""
+    unpacker = new_unpacker(len(raw))
+    unpacker.feed(raw)
+    try:
+        return unpacker.unpack()
+    except Exception as exc:  # any unpack failure is bad input
+        raise _unpack_error(exc) from exc
 
 
 def decode_frame(
