@@ -14,6 +14,7 @@ many records per second. ``bench/run.py`` runs this for every mix, with the othe
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing as mp
 import os
@@ -25,6 +26,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -68,6 +70,50 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+class PeakRss(threading.Thread):
+    """The peak resident memory of a process and its children, read from /proc while it runs.
+
+    Not ``ru_maxrss`` from ``wait4``: Linux carries the parent's peak into a child started with
+    fork or vfork and exec, so a big benchmark process would show as the sink's peak.
+    """
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.pid = pid
+        self.peak_kb = 0
+        self.done = threading.Event()
+
+    @staticmethod
+    def _field(pid: int, name: str) -> int:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith(name):
+                    return int(line.split()[1])
+        except (OSError, ValueError):
+            pass
+        return 0
+
+    def _tree(self) -> list[int]:
+        pids, todo = [], [self.pid]
+        while todo:
+            pid = todo.pop()
+            pids.append(pid)
+            for task in Path(f"/proc/{pid}/task").glob("*/children") if Path(f"/proc/{pid}").exists() else []:
+                with contextlib.suppress(OSError, ValueError):
+                    todo += [int(c) for c in task.read_text().split()]
+        return pids
+
+    def run(self) -> None:
+        while not self.done.wait(0.05):
+            tree = self._tree()
+            own_peak = self._field(self.pid, "VmHWM:")  # the sink's own peak, exact
+            together = sum(self._field(pid, "VmRSS:") for pid in tree)  # workers: sampled
+            self.peak_kb = max(self.peak_kb, own_peak, together)
+
+
+_PEAKS: dict[int, PeakRss] = {}
+
+
 def start_sink(tmp: Path, port: int, workers: int = 1) -> subprocess.Popen[bytes]:
     """Start the sink (``run --workers``) on ``sink_config(tmp, port)`` and wait until it accepts
     connections."""
@@ -75,6 +121,8 @@ def start_sink(tmp: Path, port: int, workers: int = 1) -> subprocess.Popen[bytes
     command = [str(BIN), "run", "-c", str(config), "--log-level", "warning", "--workers", str(workers)]
     with (tmp / "sink.log").open("wb") as log:
         sink = subprocess.Popen(command, stdout=log, stderr=log)
+    _PEAKS[sink.pid] = PeakRss(sink.pid)
+    _PEAKS[sink.pid].start()
     deadline = time.monotonic() + 60
     while True:
         try:
@@ -92,9 +140,13 @@ def start_sink(tmp: Path, port: int, workers: int = 1) -> subprocess.Popen[bytes
 def stop_sink(sink: subprocess.Popen[bytes]) -> tuple[int, float, float]:
     """SIGTERM (the sink flushes every open batch) and wait: (exit code, CPU seconds, peak RSS MB)."""
     sink.send_signal(signal.SIGTERM)
+    peak = _PEAKS.pop(sink.pid)
+    # the last reading: the pid is waited for right after, so /proc still shows the process until then
     _, status, usage = os.wait4(sink.pid, 0)
+    peak.done.set()
+    peak.join()
     sink.returncode = os.waitstatus_to_exitcode(status)
-    return sink.returncode, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
+    return sink.returncode, usage.ru_utime + usage.ru_stime, peak.peak_kb / 1024
 
 
 def lake_figures(tmp: Path) -> dict[str, Any]:
