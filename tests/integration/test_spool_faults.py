@@ -6,6 +6,7 @@ acked."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -127,21 +128,29 @@ FULL_WAL_BYTES = 512 * 1024  # what the tmpfs under wal/ holds at first
 CHUNK_RECORDS = 200
 
 
-@pytest.fixture
-def small_wal(tmp_path: Path) -> Iterator[Path]:
-    """A real tmpfs of FULL_WAL_BYTES mounted at <spool>/wal (root only; skipped elsewhere)."""
-    wal = tmp_path / "spool" / "wal"
-    wal.mkdir(parents=True)
+@contextlib.contextmanager
+def tmpfs(mount_point: Path, size: int) -> Iterator[None]:
+    """A real tmpfs of ``size`` bytes mounted at ``mount_point`` (root only; the test is skipped
+    where mounting is not allowed)."""
     mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={FULL_WAL_BYTES}", "tmpfs", str(wal)],
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount_point)],
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
     try:
-        yield wal
+        yield
     finally:
-        subprocess.run(["umount", "-l", str(wal)], check=False)
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+@pytest.fixture
+def small_wal(tmp_path: Path) -> Iterator[Path]:
+    """A real tmpfs of FULL_WAL_BYTES mounted at <spool>/wal (root only; skipped elsewhere)."""
+    wal = tmp_path / "spool" / "wal"
+    wal.mkdir(parents=True)
+    with tmpfs(wal, FULL_WAL_BYTES):
+        yield wal
 
 
 def test_a_full_write_ahead_log_fails_the_chunk_and_keeps_what_was_acked(tmp_path: Path, small_wal: Path) -> None:
@@ -197,20 +206,12 @@ def small_open(tmp_path: Path) -> Iterator[Path]:
     is a rename, so both live on it; the log stays on the disk). Root only; skipped elsewhere."""
     mount_point = tmp_path / "batches"
     mount_point.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={SMALL_BATCHES_BYTES}", "tmpfs", str(mount_point)],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    try:
+    with tmpfs(mount_point, SMALL_BATCHES_BYTES):
         (tmp_path / "spool").mkdir()
         for name in ("open", "sealed"):
             (mount_point / name).mkdir()
             (tmp_path / "spool" / name).symlink_to(mount_point / name, target_is_directory=True)
         yield tmp_path / "spool" / "open"
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False)
 
 
 def fill(directory: Path, leave: int) -> Path:
