@@ -1,23 +1,21 @@
-"""Wires the stages — sources, spool, mapping, batches, encoding, lake — and owns the event loop,
-signals and shutdown. Blocking work runs on three threads: ``pipeline`` (map, append, checkpoint,
-seal; serialised so the spool's invariants hold; after a failed step it backs off and resumes from
-the checkpoint as a restart would), and delivery.py's ``deliver`` (encode and store objects) and
-``deadletter`` (ship closed dead-letter files to an s3:// ``dead_letter.location``), each retrying
-with its own backoff, so a failing dead-letter bucket never holds up the lake and the other way round.
+"""Wires the stages (sources, spool, mapping, batches, encoding, lake) and owns their start,
+drain and shutdown; runner.py runs an App as a process (signals, flush, orphan spools).
+
+Blocking work runs on three threads: ``pipeline`` (map, append, checkpoint, seal; serialised so
+the spool's invariants hold; after a failed step it backs off and resumes from the checkpoint as
+a restart would), and delivery.py's ``deliver`` (encode and store objects) and ``deadletter``
+(ship closed dead-letter files to an s3:// ``dead_letter.location``), each retrying with its own
+backoff, so a failing dead-letter bucket never holds up the lake and the other way round.
 """
 
 from __future__ import annotations
 
-__all__ = ["App", "Counters", "run"]
+__all__ = ["App", "Counters"]
 
 import asyncio
 import contextlib
-import ctypes
 import logging
-import os
-import signal
 import time
-from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from securitylake_sink.batch import Batcher, LakeTarget
@@ -29,6 +27,7 @@ from securitylake_sink.errors import SpoolError
 from securitylake_sink.lake.s3 import S3Store, resolve_region
 from securitylake_sink.lake.store import ObjectStore, store_for
 from securitylake_sink.mapping.mapper import Mapper
+from securitylake_sink.memory import limit_malloc_arenas
 from securitylake_sink.metrics_server import MetricsServer, serve_metrics
 from securitylake_sink.model import Chunk
 from securitylake_sink.ocsf.schema import load_schema
@@ -55,24 +54,6 @@ IDLE_WAKE_SECS = 1.0  # how often an idle pipeline checks batch ages
 MIN_STEP_SECS = 0.2  # steps that take the whole backlog are at least this far apart
 # After a failed pipeline step (e.g. a full disk under the batch files): wait, doubling, then resume.
 STEP_RETRY_BASE_SECS, STEP_RETRY_MAX_SECS = 1.0, 30.0
-EXIT_SECOND_SIGNAL = 130  # a second SIGTERM/SIGINT during the flush: exit without finishing it
-
-
-M_ARENA_MAX, M_MMAP_THRESHOLD = -8, -3  # glibc's mallopt parameters
-MALLOC_ARENAS = 2
-# Blocks from this size up are mapped on their own and given back when freed. Setting it also
-# stops glibc from raising it after each large free, which left frame-sized buffers (Forward
-# readers, decoded chunks) to fragment the heap.
-MMAP_THRESHOLD_BYTES = 1024 * 1024
-
-
-def _limit_malloc_arenas() -> None:
-    """Two malloc arenas rather than one per thread, and a fixed mmap threshold: freed memory is
-    reused or given back instead of each arena keeping its own."""
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(M_ARENA_MAX, MALLOC_ARENAS)
-        libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
 
 
 class App:
@@ -89,7 +70,7 @@ class App:
     ) -> None:
         """``listen=False`` starts no network listener (``replay`` feeds the spool directly);
         ``reuse_port`` shares the listening ports with the other workers of ``run --workers``."""
-        _limit_malloc_arenas()
+        limit_malloc_arenas()
         self.config = config
         self.listen = listen
         # HeadBucket at start-up when neither the config, the URL nor the bucket name gives the region.
@@ -374,72 +355,3 @@ def _bounded(items: list[tuple[WalPosition, Chunk]]) -> list[tuple[WalPosition, 
         if total > STEP_RECORDS and index > 0:
             return items[:index]
     return items
-
-
-async def _drain_orphan(app: App, stop: asyncio.Event) -> bool:
-    """Store everything an orphan spool holds (started already); stop early on ``stop``."""
-    drained = asyncio.ensure_future(app.drain())
-    stopped = asyncio.ensure_future(stop.wait())
-    await asyncio.wait({drained, stopped}, return_when=asyncio.FIRST_COMPLETED)
-    drained.cancel()
-    stopped.cancel()
-    clean = await app.shutdown()
-    where = str(app.spool.path)
-    if clean:
-        log.info("drained a spool left by an earlier run", extra={"spool": where, "objects": app.counters.objects})
-    else:
-        log.warning("a spool left by an earlier run is not drained yet; the next start goes on", extra={"spool": where})
-    return clean
-
-
-async def run(
-    config: Config,
-    *,
-    ready: Callable[[App], None] | None = None,
-    stop: asyncio.Event | None = None,
-    reuse_port: bool = False,
-    orphans: Sequence[Config] = (),
-    immediate: Collection[signal.Signals] = (signal.SIGTERM, signal.SIGINT),
-) -> int:
-    """Serve until SIGTERM/SIGINT (or ``stop``), then flush what is held; the exit code.
-
-    Signals are handled from before start-up, so a SIGTERM while starting also stops cleanly.
-    A signal in ``immediate`` during the flush exits at once (others are logged and ignored).
-    ``orphans`` are the configs of spools an earlier run left (``workers.orphan_spools``): they
-    are recovered before serving and drained into the lake alongside it.
-    """
-    stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-
-    def on_signal(sig: signal.Signals) -> None:
-        if not stop.is_set():
-            stop.set()
-            return
-        if sig not in immediate:
-            log.info("already stopping; the flush goes on", extra={"signal": sig.name})
-            return
-        # Everything acked is already fsynced in the write-ahead log: stopping now loses nothing.
-        log.warning(
-            "stopping at once on a second signal; the spool keeps what was not stored", extra={"signal": sig.name}
-        )
-        logging.shutdown()
-        os._exit(EXIT_SECOND_SIGNAL)
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            loop.add_signal_handler(sig, on_signal, sig)
-    drains = []
-    for orphan in orphans:
-        drain = App(orphan, listen=False)
-        log.info("draining a spool left by an earlier run", extra={"spool": str(orphan.spool.path)})
-        await drain.start()
-        drains.append(asyncio.create_task(_drain_orphan(drain, stop), name=f"drain {orphan.spool.path}"))
-    app = App(config, reuse_port=reuse_port)
-    await app.start()
-    if ready is not None:
-        ready(app)
-    await stop.wait()
-    log.info("stopping: flushing what the sink holds", extra={"timeout_secs": config.shutdown.timeout_secs})
-    clean, *_ = await asyncio.gather(app.shutdown(), *drains)
-    log.info("stopped", extra={"objects": app.counters.objects, "rows": app.counters.object_rows, "clean": clean})
-    return 0

@@ -230,7 +230,7 @@ def _setup_helper(args: argparse.Namespace) -> int:
 
 
 def _run(path: str, level: str | None, workers: int | None) -> int:
-    from securitylake_sink.app import run  # noqa: PLC0415
+    from securitylake_sink.runner import run  # noqa: PLC0415
     from securitylake_sink.workers import orphan_config, orphan_spools  # noqa: PLC0415
 
     setup_logging(level or "info")

@@ -265,7 +265,7 @@ async def _watch_parent(parent: int, stop: asyncio.Event) -> None:
 
 
 async def _serve(spec: WorkerSpec, ready: Event) -> int:
-    from securitylake_sink.app import run  # noqa: PLC0415
+    from securitylake_sink.runner import run  # noqa: PLC0415
 
     stop = asyncio.Event()
     watcher = asyncio.create_task(_watch_parent(spec.parent, stop))

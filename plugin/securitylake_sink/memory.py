@@ -1,0 +1,24 @@
+"""Process-wide memory settings: how glibc's malloc hands memory back."""
+
+from __future__ import annotations
+
+__all__ = ["limit_malloc_arenas"]
+
+import contextlib
+import ctypes
+
+M_ARENA_MAX, M_MMAP_THRESHOLD = -8, -3  # glibc's mallopt parameters
+MALLOC_ARENAS = 2
+# Blocks from this size up are mapped on their own and given back when freed. Setting it also
+# stops glibc from raising it after each large free, which left frame-sized buffers (Forward
+# readers, decoded chunks) to fragment the heap.
+MMAP_THRESHOLD_BYTES = 1024 * 1024
+
+
+def limit_malloc_arenas() -> None:
+    """Two malloc arenas rather than one per thread, and a fixed mmap threshold: freed memory is
+    reused or given back instead of each arena keeping its own."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(M_ARENA_MAX, MALLOC_ARENAS)
+        libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
