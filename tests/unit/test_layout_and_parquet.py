@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import itertools
 import time
+import uuid
 from datetime import UTC, datetime
 
 import pyarrow as pa
@@ -92,3 +94,10 @@ def test_parquet_rows_sorted_by_time_with_zstd_and_small_pages() -> None:
         column = meta.row_group(0).column(i)
         assert column.compression == "ZSTD"
     assert back.schema.metadata[b"ocsf.class_uid"] == b"3002"
+
+
+def test_uuid7s_of_one_process_strictly_increase_within_a_millisecond() -> None:
+    ids = [uuid7() for _ in range(20_000)]  # many share a millisecond
+    assert all(a < b for a, b in itertools.pairwise(ids))
+    assert all(i.version == 7 and i.variant == uuid.RFC_4122 for i in ids)
+    assert len({i.int >> 80 for i in ids}) < len(ids)  # the test did cover shared milliseconds
