@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 
 from securitylake_sink.batch import Batcher, LakeTarget
@@ -24,10 +25,11 @@ from securitylake_sink.counters import Counters
 from securitylake_sink.deadletter import DeadLetterShipper, DeadLetterWriter, Rotation
 from securitylake_sink.delivery import Delivery
 from securitylake_sink.errors import SpoolError
+from securitylake_sink.lake.retry import backoff_delay
 from securitylake_sink.lake.s3 import S3Store, resolve_region
 from securitylake_sink.lake.store import ObjectStore, store_for
 from securitylake_sink.mapping.mapper import Mapper
-from securitylake_sink.memory import limit_malloc_arenas
+from securitylake_sink.memory import tune_malloc
 from securitylake_sink.metrics_server import MetricsServer, serve_metrics
 from securitylake_sink.model import Chunk
 from securitylake_sink.ocsf.schema import load_schema
@@ -52,7 +54,7 @@ STEP_RECORDS = 16_384
 STEP_READ_BYTES = 16 * 1024 * 1024
 IDLE_WAKE_SECS = 1.0  # how often an idle pipeline checks batch ages
 MIN_STEP_SECS = 0.2  # steps that take the whole backlog are at least this far apart
-# After a failed pipeline step (e.g. a full disk under the batch files): wait, doubling, then resume.
+# After a failed pipeline step (e.g. a full disk under the batch files): back off, then resume.
 STEP_RETRY_BASE_SECS, STEP_RETRY_MAX_SECS = 1.0, 30.0
 
 
@@ -70,7 +72,7 @@ class App:
     ) -> None:
         """``listen=False`` starts no network listener (``replay`` feeds the spool directly);
         ``reuse_port`` shares the listening ports with the other workers of ``run --workers``."""
-        limit_malloc_arenas()
+        tune_malloc()
         self.config = config
         self.listen = listen
         # HeadBucket at start-up when neither the config, the URL nor the bucket name gives the region.
@@ -249,7 +251,7 @@ class App:
         after each failure of that), so the step is redone without duplicates."""
         while True:
             self._step_failures += 1
-            delay = min(STEP_RETRY_MAX_SECS, STEP_RETRY_BASE_SECS * 2 ** min(self._step_failures - 1, 16))
+            delay = backoff_delay(self._step_failures, base_secs=STEP_RETRY_BASE_SECS, cap_secs=STEP_RETRY_MAX_SECS)
             log.error(
                 "cannot map the spool's write-ahead log; resuming from the checkpoint after a pause",
                 extra={"reason": str(exc), "failures": self._step_failures, "retry_in_secs": delay},
@@ -285,7 +287,7 @@ class App:
         """One pipeline step (pipeline thread): map what follows the cursor, checkpoint, seal."""
         if not items and self._cursor < self.spool.wal.end:
             records, end = self.spool.wal.read_from(self._cursor, MAP_LIMIT, max_bytes=STEP_READ_BYTES)
-            items = self._decode_step(records)
+            items = _bounded((pos, self._decode(payload)) for pos, payload in records)  # decodes as it goes
             if not items:  # nothing durable between the cursor and the end it read up to
                 self._cursor = max(self._cursor, end)
         if items:
@@ -325,18 +327,6 @@ class App:
         return sealed + self.delivery.put_back()
 
 
-    def _decode_step(self, records: list[tuple[WalPosition, bytes]]) -> list[tuple[WalPosition, Chunk]]:
-        """The leading log records decoded, as ``_bounded`` would keep them: decoding stops there."""
-        items: list[tuple[WalPosition, Chunk]] = []
-        total = 0
-        for pos, payload in records:
-            chunk = self._decode(payload)
-            total += len(chunk.entries)
-            if total > STEP_RECORDS and items:
-                break
-            items.append((pos, chunk))
-        return items
-
     @staticmethod
     def _decode(payload: bytes) -> Chunk:
         spooled = decode_chunk(payload)
@@ -347,11 +337,14 @@ class App:
         return self.delivery.deliver_one(batch)
 
 
-def _bounded(items: list[tuple[WalPosition, Chunk]]) -> list[tuple[WalPosition, Chunk]]:
-    """The leading chunks of ``items`` that hold at most STEP_RECORDS records (at least one)."""
+def _bounded(items: Iterable[tuple[WalPosition, Chunk]]) -> list[tuple[WalPosition, Chunk]]:
+    """The leading chunks of ``items`` that hold at most STEP_RECORDS records (at least one);
+    ``items`` is consumed only that far (one chunk more), so a lazy one is decoded only that far."""
+    out: list[tuple[WalPosition, Chunk]] = []
     total = 0
-    for index, (_, chunk) in enumerate(items):
-        total += len(chunk.entries)
-        if total > STEP_RECORDS and index > 0:
-            return items[:index]
-    return items
+    for item in items:
+        total += len(item[1].entries)
+        if total > STEP_RECORDS and out:
+            break
+        out.append(item)
+    return out

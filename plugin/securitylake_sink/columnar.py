@@ -8,7 +8,7 @@ cached array each, which share their buffers.
 
 from __future__ import annotations
 
-__all__ = ["nulls", "prune", "prune_batch", "pruned_type", "union_type", "widen", "widen_batch"]
+__all__ = ["is_ascending", "nulls", "prune", "prune_batch", "pruned_type", "union_type", "widen", "widen_batch"]
 
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -176,3 +176,14 @@ def union_type(full: pa.DataType, types: Iterable[pa.DataType]) -> pa.DataType:
     if pa.types.is_list(full) and pa.types.is_struct(full.value_type):
         return pa.list_(union_type(full.value_type, [t.value_type for t in types]))
     return full
+
+
+def is_ascending(values: pa.ChunkedArray | pa.Array) -> bool:
+    """Whether ``values`` (e.g. ``time``) is ascending already, with no nulls: live traffic
+    usually is, and then the copy that sorting makes is skipped."""
+    flat = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+    if len(flat) < 2:
+        return True
+    if flat.null_count:
+        return False
+    return bool(pc.all(pc.greater_equal(flat[1:], flat[:-1])).as_py())

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["limit_malloc_arenas"]
+__all__ = ["tune_malloc"]
 
 import contextlib
 import ctypes
@@ -15,7 +15,7 @@ MALLOC_ARENAS = 2
 MMAP_THRESHOLD_BYTES = 1024 * 1024
 
 
-def limit_malloc_arenas() -> None:
+def tune_malloc() -> None:
     """Two malloc arenas rather than one per thread, and a fixed mmap threshold: freed memory is
     reused or given back instead of each arena keeping its own."""
     with contextlib.suppress(OSError, AttributeError):

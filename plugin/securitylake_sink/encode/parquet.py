@@ -9,24 +9,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from securitylake_sink.columnar import is_ascending
+
 # Security Lake custom-source best practices: data pages ≤ 1 MB, row groups ≤ 256 MB.
 DATA_PAGE_BYTES = 1024 * 1024
 ROW_GROUP_BYTES = 256 * 1024 * 1024
 COMPRESSION = "zstd"
 
 
-def _sorted(times: pa.ChunkedArray) -> bool:
-    """Whether ``times`` is already ascending (the usual case: shippers send in order), so the
-    copy that sorting makes can be skipped."""
-    flat = times.combine_chunks()
-    if flat.null_count:
-        return False
-    return bool(pc.all(pc.greater_equal(flat[1:], flat[:-1])).as_py())
-
-
 def encode_parquet(table: pa.Table) -> bytes:
     """Sort by ``time`` and write Parquet; the schema (with its OCSF metadata) is kept as is."""
-    if table.num_rows > 1 and not _sorted(table.column("time")):
+    if table.num_rows > 1 and not is_ascending(table.column("time")):
         table = table.take(pc.sort_indices(table, sort_keys=[("time", "ascending")]))
     # Arrow size is an upper bound of the compressed size, so this keeps row groups in bounds.
     # All-null columns share buffers (columnar.nulls): count each buffer once.

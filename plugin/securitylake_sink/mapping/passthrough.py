@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 from securitylake_sink.columnar import nulls, prune_batch, pruned_type, widen, widen_batch
 from securitylake_sink.errors import MappingError, SchemaError
 from securitylake_sink.mapping.engine import PRODUCT, ClassRows, Outcome
-from securitylake_sink.ocsf.conform import MILLIS_BELOW, SECONDS_BELOW, conform_event, to_epoch_ms
+from securitylake_sink.ocsf.conform import MILLIS_BELOW, SECONDS_BELOW, conform_event, is_time, to_epoch_ms
 from securitylake_sink.ocsf.schema import OcsfSchema, type_uid
 from securitylake_sink.ocsf.validate import validate
 
@@ -72,10 +72,6 @@ def _event(record: Mapping[str, Any], fallback_ms: int, schema: OcsfSchema) -> t
     return class_uid, event
 
 
-def _is_time(name: str) -> bool:
-    return name == "time" or name.endswith("_time")
-
-
 def _plain_type(t: pa.StructType, rows: Sequence[Mapping[str, Any]]) -> pa.StructType | None:  # noqa: C901, PLR0911, PLR0912
     """``t`` pruned to the fields ``rows`` hold, when Arrow can convert the rows as they are: every
     key an attribute of the class, objects as maps, times in epoch ms, ``unmapped`` flat strings.
@@ -90,7 +86,7 @@ def _plain_type(t: pa.StructType, rows: Sequence[Mapping[str, Any]]) -> pa.Struc
             continue
         ft, name = f.type, f.name
         nested = pa.types.is_struct(ft) or pa.types.is_list(ft) or pa.types.is_map(ft)
-        if nested or _is_time(name):
+        if nested or is_time(name):
             values = [v for row in rows if (v := row.get(name)) is not None]
             if not values:
                 continue

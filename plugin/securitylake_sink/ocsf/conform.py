@@ -6,7 +6,7 @@ to the dead letters instead of being written half-valid.
 
 from __future__ import annotations
 
-__all__ = ["conform_event", "flatten", "to_epoch_ms"]
+__all__ = ["conform_event", "flatten", "is_time", "to_epoch_ms"]
 
 import json
 import math
@@ -105,7 +105,7 @@ def _scalar(value: Any, arrow_type: pa.DataType, path: str) -> Any:  # noqa: PLR
     if pa.types.is_int32(arrow_type):
         return _integer(value, path, MAX_INT32)
     if pa.types.is_int64(arrow_type):
-        if path.rpartition(".")[2] == "time" or path.endswith("_time"):
+        if is_time(path.rpartition(".")[2]):
             return to_epoch_ms(value, path)
         return _integer(value, path, MAX_INT64)
     if pa.types.is_floating(arrow_type):
@@ -170,7 +170,7 @@ def _compile(arrow_type: pa.DataType, name: str) -> Convert:  # noqa: C901 (one 
             return _scalar(value, arrow_type, _join(parent, key))
 
         return convert_string
-    if pa.types.is_int32(arrow_type) or (pa.types.is_int64(arrow_type) and not _is_time(name)):
+    if pa.types.is_int32(arrow_type) or (pa.types.is_int64(arrow_type) and not is_time(name)):
         low, high = (-MAX_INT32 - 1, MAX_INT32) if pa.types.is_int32(arrow_type) else (-MAX_INT64 - 1, MAX_INT64)
 
         def convert_int(value: Any, parent: str, key: str, unmapped: dict[str, str]) -> Any:
@@ -188,7 +188,8 @@ def _compile(arrow_type: pa.DataType, name: str) -> Convert:  # noqa: C901 (one 
     return convert_other
 
 
-def _is_time(name: str) -> bool:
+def is_time(name: str) -> bool:
+    """Whether an int64 attribute named ``name`` holds a time (epoch ms): ``time`` and ``*_time``."""
     return name == "time" or name.endswith("_time")
 
 

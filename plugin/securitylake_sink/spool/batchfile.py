@@ -20,7 +20,7 @@ from typing import BinaryIO
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from securitylake_sink.columnar import prune_batch, union_type, widen_batch
+from securitylake_sink.columnar import is_ascending, prune_batch, union_type, widen_batch
 from securitylake_sink.errors import SpoolCorrupt
 from securitylake_sink.spool.wal import WalPosition, encode_record, fsync_dir, scan_records
 
@@ -160,19 +160,9 @@ class BatchFile:
         narrow = pa.schema(list(union)) if isinstance(union, pa.StructType) else schema
         table = pa.concat_tables([widen_batch(b, narrow) for b in batches])
         batches.clear()
-        if "time" in narrow.names and not _ascending(table.column("time")):
+        if "time" in narrow.names and not is_ascending(table.column("time")):
             table = table.take(pc.sort_indices(table.column("time")))
         return widen_batch(table, schema)
-
-
-def _ascending(times: pa.ChunkedArray) -> bool:
-    """Whether ``times`` is ascending already (frames of live traffic usually are): no copy then."""
-    flat = times.combine_chunks()
-    if len(flat) < 2:
-        return True
-    if flat.null_count:
-        return False
-    return bool(pc.all(pc.greater_equal(flat[1:], flat[:-1])).as_py())
 
 
 def _serialize(batch: pa.RecordBatch) -> bytes:
