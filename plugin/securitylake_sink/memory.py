@@ -1,4 +1,4 @@
-"""Process-wide memory settings: how glibc's malloc hands memory back."""
+"""Process-wide memory settings: how glibc's malloc, and Arrow's allocator, hand memory back."""
 
 from __future__ import annotations
 
@@ -6,6 +6,9 @@ __all__ = ["tune_malloc"]
 
 import contextlib
 import ctypes
+import os
+
+import pyarrow as pa
 
 M_ARENA_MAX, M_MMAP_THRESHOLD = -8, -3  # glibc's mallopt parameters
 MALLOC_ARENAS = 2
@@ -13,11 +16,17 @@ MALLOC_ARENAS = 2
 # stops glibc from raising it after each large free, which left frame-sized buffers (Forward
 # readers, decoded chunks) to fragment the heap.
 MMAP_THRESHOLD_BYTES = 1024 * 1024
+# Arrow's bundled allocator keeps freed pages for reuse; objects come and go in tens of MB, so
+# holding them kept the peak about 45 MB higher for no speed gained. The variable still wins.
+ARROW_POOL_VARIABLE = "ARROW_DEFAULT_MEMORY_POOL"
 
 
 def tune_malloc() -> None:
     """Two malloc arenas rather than one per thread, and a fixed mmap threshold: freed memory is
-    reused or given back instead of each arena keeping its own."""
+    reused or given back instead of each arena keeping its own. Arrow allocates through the same
+    malloc unless ``ARROW_DEFAULT_MEMORY_POOL`` names another pool."""
+    if ARROW_POOL_VARIABLE not in os.environ:
+        pa.set_memory_pool(pa.system_memory_pool())
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL("libc.so.6")
         libc.mallopt(M_ARENA_MAX, MALLOC_ARENAS)

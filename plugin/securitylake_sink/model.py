@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-__all__ = ["Chunk", "Entry"]
+__all__ = ["Chunk", "DeferredEntries", "Entry"]
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, overload
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,3 +39,53 @@ class Chunk:
     token: str | None = None
     received_ns: int = 0
     meta: Mapping[str, str] = field(default_factory=dict)
+
+
+class DeferredEntries(Sequence[Entry]):
+    """A chunk's entries, decoded when first read: the count is known (the frame was checked),
+    the records are built later by ``decode``, on whichever thread reads them first.
+
+    ``decode`` may raise (input a structural check cannot see, such as a map key that is an
+    array); the reader gets the exception, not a partial list.
+    """
+
+    __slots__ = ("_count", "_decode", "_entries")
+
+    def __init__(self, count: int, decode: Callable[[], Sequence[Entry]]) -> None:
+        self._count = count
+        self._decode: Callable[[], Sequence[Entry]] | None = decode
+        self._entries: Sequence[Entry] | None = None
+
+    @property
+    def decoded(self) -> bool:
+        return self._entries is not None
+
+    def _load(self) -> Sequence[Entry]:
+        if self._entries is None:
+            assert self._decode is not None
+            self._entries = self._decode()
+            self._decode = None  # holds the frame's bytes
+        return self._entries
+
+    def __len__(self) -> int:
+        return self._count if self._entries is None else len(self._entries)
+
+    def __iter__(self) -> Iterator[Entry]:
+        return iter(self._load())
+
+    def __eq__(self, other: object) -> bool:
+        """Equal to the same entries, deferred or not (so chunks compare by what they hold)."""
+        if not isinstance(other, Sequence) or isinstance(other, str | bytes):
+            return NotImplemented
+        return tuple(self._load()) == tuple(other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    @overload
+    def __getitem__(self, index: int) -> Entry: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[Entry]: ...
+
+    def __getitem__(self, index: int | slice) -> Entry | Sequence[Entry]:
+        return self._load()[index]

@@ -13,8 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from securitylake_sink.errors import FrameTooLarge, ProtocolError
-from securitylake_sink.model import Chunk, Entry
-from securitylake_sink.sources.forward_codec import FrameReader, decode_frame, decode_spooled
+from securitylake_sink.model import Chunk, DeferredEntries, Entry
+from securitylake_sink.sources.forward_codec import FrameReader, decode_frame, decode_spooled, scan_frame, unpack_frame
 
 T0 = 1_700_000_000  # 2023-11-14T22:13:20Z
 T0_NS = T0 * 1_000_000_000
@@ -84,40 +84,54 @@ MESSAGE_4 = frame("""
 
 # ["app.log", [[EventTime(1700000000, 123456789), {"msg": "hi"}]],
 #  {"chunk": "p8n9gmxTQVC8/nh2wlKKeQ==", "size": 1}]  (pipeline-protocols §1.2)
-FORWARD_OPTIONS = frame("""
+FORWARD_OPTIONS = frame(
+    """
     93                                  # array(3)
     a7 6170702e6c6f67                   # "app.log"
     91                                  # array(1) of entries
-""" + ENTRY_1 + """
+"""
+    + ENTRY_1
+    + """
     82                                  # map(2)
     a5 6368756e6b                       #   "chunk"
     b8 70386e39676d7854515643382f6e6832776c4b4b65513d3d   # "p8n9gmxTQVC8/nh2wlKKeQ=="
     a4 73697a65 01                      #   "size": 1
-""")
+"""
+)
 
 # ["app", bin(<<ENTRY_1>><<ENTRY_2>>), {"size": 2}]
-PACKED_BIN = frame("""
+PACKED_BIN = frame(
+    """
     93                                  # array(3)
     a3 617070                           # "app"
     c4 21                               # bin8, 33 bytes of concatenated entries
-""" + ENTRY_1 + ENTRY_2 + """
+"""
+    + ENTRY_1
+    + ENTRY_2
+    + """
     81 a4 73697a65 02                   # {"size": 2}
-""")
+"""
+)
 
 # ["app", str32(<<ENTRY_1>><<ENTRY_2>>), {"size": 2, "compressed": "text",
 #  "chunk": "JZ9GXhgY4x5QOqv1OWJ5Zw==\n"}]  (Fluentd out_forward: binary entries as str32,
 #  not valid UTF-8 because of the d7 00 in EventTime)
-PACKED_STR32 = frame("""
+PACKED_STR32 = frame(
+    """
     93                                  # array(3)
     a3 617070                           # "app"
     db 00000021                         # str32, 33 bytes
-""" + ENTRY_1 + ENTRY_2 + """
+"""
+    + ENTRY_1
+    + ENTRY_2
+    + """
     83                                  # map(3)
     a4 73697a65 02                      #   "size": 2
     aa 636f6d70726573736564 a4 74657874 #   "compressed": "text"
     a5 6368756e6b                       #   "chunk"
     b9 4a5a394758686759347835514f7176314f574a355a773d3d0a # "JZ9GXhgY4x5QOqv1OWJ5Zw==\\n"
-""")
+"""
+)
 
 # gzip members (mtime 0) of ENTRY_1 and of ENTRY_2
 GZIP_ENTRY_1 = """
@@ -131,26 +145,36 @@ GZIP_ENTRY_2 = """
     dfb77a37 0e000000                   # crc32, size 14
 """
 # ["app", bin(gzip(ENTRY_1) + gzip(ENTRY_2)), {"compressed": "gzip", "size": 2}]
-GZIP_TWO_MEMBERS = frame("""
+GZIP_TWO_MEMBERS = frame(
+    """
     93                                  # array(3)
     a3 617070                           # "app"
     c4 49                               # bin8, 73 bytes: two concatenated gzip members
-""" + GZIP_ENTRY_1 + GZIP_ENTRY_2 + """
+"""
+    + GZIP_ENTRY_1
+    + GZIP_ENTRY_2
+    + """
     82                                  # map(2)
     aa 636f6d70726573736564 a4 677a6970 #   "compressed": "gzip"
     a4 73697a65 02                      #   "size": 2
-""")
+"""
+)
 
 # ["app", bin(zstd(<<ENTRY_1>><<ENTRY_2>>)), {"compressed": "zstd"}]
-ZSTD = frame("""
+ZSTD = frame(
+    """
     93                                  # array(3)
     a3 617070                           # "app"
     c4 2a                               # bin8, 42 bytes
     28b52ffd 20 21                      #   zstd magic, frame header, content size 33
     090100                              #   last raw block of 33 bytes
-""" + ENTRY_1 + ENTRY_2 + """
+"""
+    + ENTRY_1
+    + ENTRY_2
+    + """
     81 aa 636f6d70726573736564 a4 7a737464 # {"compressed": "zstd"}
-""")
+"""
+)
 
 
 def forward_one(time_hex: str) -> bytes:
@@ -249,11 +273,13 @@ def test_time_forms(time_hex: str, expected_ns: int | None) -> None:
 def test_fluent_bit_metadata_form() -> None:
     # ["t", [[[EventTime(1700000000, 0), {}], {"msg": "hi"}],
     #        [[EventTime(1700000000, 0), {"k": "v"}], {"msg": "yo"}]]]
-    chunk = decoded(frame("""
+    chunk = decoded(
+        frame("""
         92 a1 74 92
         92 92 d7 00 6553f100 00000000 80 81 a3 6d7367 a2 6869
         92 92 d7 00 6553f100 00000000 81 a1 6b a1 76 81 a3 6d7367 a2 796f
-    """))
+    """)
+    )
     assert chunk.entries == (Entry(T0_NS, RECORD_HI), Entry(T0_NS, RECORD_YO, {"k": "v"}))
 
 
@@ -262,23 +288,27 @@ def test_group_markers_are_skipped() -> None:
     #        [[EventTime(1700000000, 0), {}], {"msg": "hi"}],
     #        [[EventTime(0xFFFFFFFE, 0), {}], {}],                          group end
     #        [-1, {}], [-2, {}]]]                                           integer markers
-    chunk = decoded(frame("""
+    chunk = decoded(
+        frame("""
         92 a1 74 95
         92 92 d7 00 ffffffff 00000000 81 a8 7265736f75726365 01 81 a4 61747472 01
         92 92 d7 00 6553f100 00000000 80 81 a3 6d7367 a2 6869
         92 92 d7 00 fffffffe 00000000 80 80
         92 ff 80
         92 fe 80
-    """))
+    """)
+    )
     assert chunk.entries == (Entry(T0_NS, RECORD_HI),)
 
 
 def test_only_markers_leave_no_entries() -> None:
     # ["t", [[-1, {}], [-2, {}]], {"chunk": "p8n9gmxTQVC8/nh2wlKKeQ=="}]
-    chunk = decoded(frame("""
+    chunk = decoded(
+        frame("""
         93 a1 74 92 92 ff 80 92 fe 80
         81 a5 6368756e6b b8 70386e39676d7854515643382f6e6832776c4b4b65513d3d
-    """))
+    """)
+    )
     assert chunk.entries == ()
     assert chunk.token == FLUENT_BIT_CHUNK_ID
 
@@ -286,7 +316,7 @@ def test_only_markers_leave_no_entries() -> None:
 # --- errors ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
+PROTOCOL_ERRORS = pytest.mark.parametrize(
     ("hex_text", "reason"),
     [
         ("81 a1 61 01", "frame is not an array"),  # {"a": 1}
@@ -324,17 +354,31 @@ def test_only_markers_leave_no_entries() -> None:
             "compressed payload is not valid",
         ),
         (  # the first 20 bytes of GZIP_ENTRY_1
-            "93 a1 74 c4 14 1f8b0800000000000203 9b749d2135f823037bf4 "
-            "81 aa 636f6d70726573736564 a4 677a6970",
+            "93 a1 74 c4 14 1f8b0800000000000203 9b749d2135f823037bf4 81 aa 636f6d70726573736564 a4 677a6970",
             "compressed payload is truncated",
         ),
+        ("93 a1 74 c4 03 92 c0 80 80", "bad time"),  # packed [[nil, {}]]
+        ("93 a1 74 c4 0c 92 d7 00 6553f100 00000000 01 80", "record is not a map"),  # packed [[EventTime, 1]]
+        ("92 a1 74 91 92 d7 00 6553f100 00000000 90", "record is not a map"),  # [[EventTime, []]]
+        ("92 a1 74 92 92 01 80 dc 0000", "entry is not [time, record]"),  # a second entry as array16 []
     ],
 )
+
+
+@PROTOCOL_ERRORS
 def test_protocol_errors(hex_text: str, reason: str) -> None:
     with pytest.raises(ProtocolError) as caught:
         decode(frame(hex_text))
     assert str(caught.value) == reason
     assert not isinstance(caught.value, FrameTooLarge)
+
+
+@PROTOCOL_ERRORS
+def test_the_scan_refuses_what_decoding_refuses(hex_text: str, reason: str) -> None:
+    """The server's check (records left unbuilt) gives the same reason, before any ack."""
+    with pytest.raises(ProtocolError) as caught:
+        scan_frame(frame(hex_text))
+    assert str(caught.value) == reason
 
 
 def test_decompressed_size_over_the_cap() -> None:
@@ -485,6 +529,99 @@ def test_round_trip_in_every_mode(
     chunk = decode_spooled(raw, 7)
     assert chunk.tag == tag
     assert chunk.raw == raw
-    assert [(e.time_ns, e.record) for e in chunk.entries] == [
-        (ns, record) for (_, ns), record in entries
-    ]
+    assert [(e.time_ns, e.record) for e in chunk.entries] == [(ns, record) for (_, ns), record in entries]
+
+
+# --- the server's scan: records decoded later -----------------------------------------------
+
+
+def _outcome(run: Any) -> tuple[str, object]:
+    try:
+        return "ok", run()
+    except ProtocolError as exc:
+        return "error", str(exc)
+
+
+def _eager(raw: bytes) -> Chunk | None:
+    return decode_frame(unpack_frame(raw), raw, 7)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    mode=st.sampled_from(["message", "forward", "packed-bin", "packed-str32", "gzip", "zstd"]),
+    tag=st.text(min_size=1, max_size=8),
+    entries=st.lists(st.tuples(_times(), _records), min_size=1, max_size=4),
+    marker=st.booleans(),
+    cut=st.integers(min_value=0, max_value=400),
+    byte=st.integers(min_value=0, max_value=255),
+    mutate=st.booleans(),
+)
+def test_scan_agrees_with_decoding(  # noqa: PLR0917 (hypothesis draws each argument)
+    mode: str,
+    tag: str,
+    entries: list[tuple[tuple[object, int], dict[str, Any]]],
+    marker: bool,
+    cut: int,
+    byte: int,
+    mutate: bool,
+) -> None:
+    """Any one whole frame, well formed or with a byte changed: the scan accepts exactly what
+    decoding accepts, and its deferred entries are the decoded ones. The one allowed difference:
+    what only building the records can find (an array as a map key) is raised when they are read."""
+    pairs: list[tuple[object, Any]] = [(when, record) for (when, _), record in entries]
+    if marker:  # a Fluent Bit group marker first: skipped, not counted
+        pairs.insert(0, (msgpack.ExtType(0, struct.pack(">II", 0xFFFFFFFF, 0)), {}))
+    raw = _pack([tag, pairs[0][0], pairs[0][1]]) if mode == "message" else _pack_frame(mode, tag, pairs)
+    if mutate:
+        at = cut % len(raw)
+        raw = raw[:at] + bytes([byte]) + raw[at + 1 :]
+        reader = FrameReader()
+        reader.feed(raw)
+        try:
+            whole = [frame_raw for _, frame_raw in reader.frames()]
+        except ProtocolError:
+            return  # the server closes the connection before either runs
+        if whole != [raw] or reader.pending_bytes:
+            return  # not one whole frame: the server never hands it over like this
+    eager = _outcome(lambda: _eager(raw))
+    scanned = _outcome(lambda: scan_frame(raw, 7))
+    if eager[0] == "ok":
+        assert scanned == eager
+        chunk = scanned[1]
+        if chunk is not None:
+            assert isinstance(chunk, Chunk)
+            assert len(chunk.entries) == len(tuple(chunk.entries))
+        return
+    assert eager[0] == "error"
+    if scanned[0] == "error":
+        return
+    chunk = scanned[1]
+    assert isinstance(chunk, Chunk) and isinstance(chunk.entries, DeferredEntries)
+    with pytest.raises(ProtocolError):
+        list(chunk.entries)
+
+
+def test_scan_defers_the_records_and_counts_without_markers() -> None:
+    raw = _pack_frame(
+        "forward",
+        "t",
+        [(msgpack.ExtType(0, struct.pack(">II", 0xFFFFFFFF, 0)), {}), (T0, RECORD_HI), (T0 + 1, RECORD_YO)],
+    )
+    chunk = scan_frame(raw, 7)
+    assert chunk is not None
+    assert isinstance(chunk.entries, DeferredEntries)
+    assert len(chunk.entries) == 2
+    assert not chunk.entries.decoded  # counted, not built
+    assert [e.record for e in chunk.entries] == [RECORD_HI, RECORD_YO]
+    assert chunk.entries.decoded
+
+
+def test_scan_leaves_an_array_map_key_to_the_reader() -> None:
+    """{[1]: 2} is well-formed msgpack that Python cannot build: the check passes, reading fails."""
+    raw = frame("92 a1 74 91 92 d7 00 6553f100 00000000 81 91 01 02")  # ["t", [[EventTime, {[1]: 2}]]]
+    with pytest.raises(ProtocolError):
+        _eager(raw)
+    chunk = scan_frame(raw)
+    assert chunk is not None and len(chunk.entries) == 1
+    with pytest.raises(ProtocolError):
+        list(chunk.entries)

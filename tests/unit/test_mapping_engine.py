@@ -3,6 +3,7 @@ pass-through, unmapped and raw_data, the Python escape hatch, and isolation of a
 
 from __future__ import annotations
 
+import base64
 import logging
 import textwrap
 from collections.abc import Mapping, Sequence
@@ -20,6 +21,7 @@ from securitylake_sink.mapping.route import tag_matcher
 from securitylake_sink.mapping.timeparse import parse_times
 from securitylake_sink.model import Chunk, Entry
 from securitylake_sink.ocsf.schema import load_schema
+from securitylake_sink.sources.forward_codec import scan_frame
 
 T = 1_732_795_200_000  # 2024-11-28T12:00:00Z
 SSHD_LINE = "Mar 16 11:11:11 bastion-1 sshd[1]: Accepted password for erin from 198.51.100.9 port 40100 ssh2"
@@ -249,6 +251,25 @@ def test_map_chunks_places_classes_at_locations_and_dead_letters_the_unplaced() 
     assert (letter.tag, letter.rule, letter.record) == ("web.a", "nginx_access", {"log": nginx})
     assert "no destination.sources location is configured for class 4002" in letter.reason
     assert (result.records, result.mapped) == (4, 3)
+
+
+def test_a_chunk_whose_records_cannot_be_built_is_one_dead_letter_with_its_bytes() -> None:
+    # GIVEN a frame the intake check passed (well-formed msgpack) whose record has an array as a
+    # map key, next to a good chunk
+    mapper = Mapper(load_schema("1.1.0"), [("host.*", "sshd")])
+    raw = bytes.fromhex("92 a7 686f73742e6231 91 92 d7 00 6553f100 00000000 81 91 01 02")  # ["host.b1", ...]
+    bad = scan_frame(raw, received_ns=T * 1_000_000)
+    assert bad is not None and len(bad.entries) == 1
+    good = Chunk("forward", "host.a", [Entry(T * 1_000_000, {"log": SSHD_LINE})], b"", received_ns=1)
+    # WHEN both are mapped
+    result = mapper.map_chunks([bad, good], lambda uid: "ext/auth/")
+    # THEN the good one lands and the bad one is one dead letter holding the frame as received
+    assert [b.batch.num_rows for b in result.batches] == [1]
+    (letter,) = result.dead
+    assert letter.tag == "host.b1"
+    assert letter.reason.startswith("input: the records could not be decoded")
+    assert base64.b64decode(letter.record["frame_base64"]) == raw
+    assert result.records == 2
 
 
 def test_the_python_escape_hatch(tmp_path: Path) -> None:

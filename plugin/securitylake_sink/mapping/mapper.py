@@ -5,6 +5,7 @@ from __future__ import annotations
 
 __all__ = ["MapResult", "MappedBatch", "Mapper"]
 
+import base64
 import logging
 import time
 from collections import defaultdict
@@ -14,6 +15,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from securitylake_sink.errors import ProtocolError
 from securitylake_sink.mapping.basic import DeadLetter
 from securitylake_sink.mapping.compiler import CompiledRule
 from securitylake_sink.mapping.engine import ClassRows
@@ -111,15 +113,21 @@ class Mapper:
             lambda: ([], [], [])
         )
         count = 0
+        dead: list[DeadLetter] = []
         for chunk in chunks:
             records, times, stamps = groups[chunk.tag]
-            for entry in chunk.entries:
+            try:
+                entries = iter(chunk.entries)  # deferred entries are decoded here, whole or not at all
+            except ProtocolError as exc:
+                dead.append(_undecodable(chunk, exc))
+                count += 1
+                continue
+            for entry in entries:
                 records.append(entry.record)
                 times.append(_ref_ms(entry.time_ns, chunk.received_ns))
                 stamps.append(entry.time_ns)
                 count += 1
         parts: dict[tuple[str, int], list[pa.RecordBatch]] = defaultdict(list)
-        dead: list[DeadLetter] = []
         dropped: dict[str, int] = {}
         for tag, (records, times, stamps) in groups.items():
             outcome = self.map_records(tag, records, times)
@@ -150,3 +158,10 @@ class Mapper:
                 "records no mapping rule takes are dropped (mappings_fallback: drop); logged once per tag",
                 extra={"tag": tag},
             )
+
+
+def _undecodable(chunk: Chunk, exc: ProtocolError) -> DeadLetter:
+    """A chunk that passed intake's check but whose records could not be built: one dead letter
+    carrying the chunk's bytes as received, so nothing is lost."""
+    frame = {"frame_base64": base64.b64encode(chunk.raw).decode("ascii"), "mode": chunk.meta.get("mode", "")}
+    return DeadLetter(chunk.tag, "", f"input: the records could not be decoded: {exc}", frame, None)

@@ -34,7 +34,7 @@ from securitylake_sink.sources.forward_codec import (
     FrameReader,
     decode_frame,
     decode_spooled,
-    unpack_frame,
+    scan_frame,
 )
 
 log = logging.getLogger("securitylake_sink.sources.forward")
@@ -47,8 +47,8 @@ DEFAULT_MAX_CONNECTIONS: Final = 1024
 CLOSE_WAIT_SECS: Final = 1.0
 # How often a connection holding a frame on a full sink tries it again (at most).
 BACKPRESSURE_POLL_SECS: Final = 0.2
-# Frame bytes decoded and waiting to be durable, over all connections: a decoded chunk takes about
-# five times its frame, so this bounds intake's memory however many shippers send at once.
+# Frame bytes read and waiting to be durable, over all connections: this bounds intake's memory
+# however many shippers send at once.
 INTAKE_BUDGET_BYTES: Final = 16 * 1024 * 1024
 
 
@@ -254,10 +254,11 @@ class ForwardServer:
                 return
 
     def _start(self, conn: _Connection, raw: bytes) -> tuple[Chunk | None, asyncio.Future[None] | None]:
-        """Decode one frame and start storing its chunk (ordered with the frames before it); the
-        frame's share of the intake budget is given back once the chunk is durable (or failed)."""
+        """Check one frame and start storing its chunk (ordered with the frames before it); the
+        records are decoded later, by the pipeline. The frame's share of the intake budget is
+        given back once the chunk is durable (or failed)."""
         try:
-            chunk = decode_frame(unpack_frame(raw), raw, time.time_ns())
+            chunk = scan_frame(raw, time.time_ns())
         except BaseException:
             self._budget.release(len(raw))
             raise

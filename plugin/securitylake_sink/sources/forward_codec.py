@@ -18,19 +18,21 @@ __all__ = [
     "forward_entries",
     "new_unpacker",
     "new_zstd",
+    "scan_frame",
 ]
 
 import math
 import struct
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from functools import partial
 from typing import Any, Final, Protocol
 
 import msgpack
 import zstandard
 
 from securitylake_sink.errors import FrameTooLarge, ProtocolError
-from securitylake_sink.model import Chunk, Entry
+from securitylake_sink.model import Chunk, DeferredEntries, Entry
 
 KIND: Final = "forward"
 
@@ -223,6 +225,123 @@ def decode_frame(
         received_ns=received_ns,
         meta=_meta(mode, options),
     )
+
+
+# First bytes of msgpack types (the format's byte ranges): arrays, maps, str and bin.
+_ARRAY_FIRST: Final = frozenset(range(0x90, 0xA0)) | {0xDC, 0xDD}
+_MAP_FIRST: Final = frozenset(range(0x80, 0x90)) | {0xDE, 0xDF}
+_RAW_FIRST: Final = frozenset(range(0xA0, 0xC0)) | {0xC4, 0xC5, 0xC6, 0xD9, 0xDA, 0xDB}
+_PAIR: Final = 0x92  # a fixarray of two: how shippers write an entry
+_SECOND_FIRST: Final = _ARRAY_FIRST | _RAW_FIRST  # Forward's entries, PackedForward's payload
+
+
+def scan_frame(
+    raw: bytes,
+    received_ns: int = 0,
+    *,
+    max_decompressed_bytes: int = DEFAULT_MAX_DECOMPRESSED_BYTES,
+) -> Chunk | None:
+    """``decode_frame(unpack_frame(raw), ...)``, checking the frame the same way but building
+    only its tag, options and entry times: a Forward or PackedForward chunk's records are decoded
+    when its entries are first read (``DeferredEntries``), off the event loop. Other frames (a
+    keep-alive, Message mode's one record, anything malformed at the top) are decoded at once.
+
+    What a structural check cannot see (a map key that is an array, a nested container over its
+    cap) surfaces when the entries are read, as a ``ProtocolError``.
+    """
+    unpacker = new_unpacker(len(raw))
+    unpacker.feed(raw)
+    try:
+        if raw[:1] and raw[0] in _ARRAY_FIRST and unpacker.read_array_header() in (2, 3):
+            tag = unpacker.unpack()
+            second_at = unpacker.tell()
+            if isinstance(tag, str) and raw[second_at] in _SECOND_FIRST:
+                limit = max_decompressed_bytes
+                return _scan(unpacker, raw, tag, second_at, received_ns=received_ns, max_decompressed=limit)
+    except ProtocolError:
+        raise
+    except Exception as exc:  # any unpack failure is bad input
+        raise _unpack_error(exc) from exc
+    return decode_frame(unpack_frame(raw), raw, received_ns, max_decompressed_bytes=max_decompressed_bytes)
+
+
+def _scan(
+    unpacker: msgpack.Unpacker, raw: bytes, tag: str, second_at: int, *, received_ns: int, max_decompressed: int
+) -> Chunk:
+    """The rest of ``scan_frame`` once the frame is ``[tag, entries or packed entries, options?]``."""
+    packed = raw[second_at] in _RAW_FIRST
+    second = unpacker.unpack() if packed else unpacker.skip()
+    has_options = unpacker.tell() < len(raw)
+    options = _options(unpacker.unpack() if has_options else {})
+    if packed:
+        data = second if isinstance(second, bytes) else second.encode("utf-8", "surrogateescape")
+        payload = _decompress(data, options.get("compressed", "text"), max_decompressed)
+        _check_packed(payload)
+        count = _scan_entries(payload, None)
+    else:
+        count = _scan_entries(memoryview(raw)[second_at:], -1)
+    return Chunk(
+        kind=KIND,
+        tag=tag,
+        entries=DeferredEntries(count, partial(_decode_entries, raw, received_ns, max_decompressed)),
+        raw=raw,
+        token=options.get("chunk"),
+        received_ns=received_ns,
+        meta=_meta("packed_forward" if packed else "forward", options),
+    )
+
+
+def _decode_entries(raw: bytes, received_ns: int, max_decompressed: int) -> Sequence[Entry]:
+    chunk = decode_frame(unpack_frame(raw), raw, received_ns, max_decompressed_bytes=max_decompressed)
+    return chunk.entries if chunk is not None else ()
+
+
+def _check_packed(payload: bytes) -> None:
+    """Raise as ``_unpack_all`` would on a payload that is not whole msgpack objects."""
+    unpacker = new_unpacker(len(payload))
+    unpacker.feed(payload)
+    try:
+        while unpacker.tell() < len(payload):
+            unpacker.skip()
+    except msgpack.OutOfData:
+        raise ProtocolError("packed entries end mid-entry") from None
+    except Exception as exc:  # any unpack failure is bad input
+        raise ProtocolError("packed entries are not valid msgpack") from exc
+
+
+def _scan_entries(buffer: bytes | memoryview, size: int | None) -> int:
+    """Check the entries in ``buffer`` as ``forward_entries`` would and count those that are not
+    group markers: an array of them (``size`` -1) or, with ``size`` None, concatenated ones
+    filling the buffer. The usual ``[EventTime, {record}]`` has its record skipped unbuilt."""
+    unpacker = new_unpacker(len(buffer))
+    unpacker.feed(buffer)
+    if size is not None:
+        size = unpacker.read_array_header()
+    tell, pair, unpack, skip = unpacker.tell, unpacker.read_array_header, unpacker.unpack, unpacker.skip
+    end = len(buffer)
+    count = seen = 0
+    try:
+        while (seen < size) if size is not None else (tell() < end):
+            seen += 1
+            if buffer[tell()] == _PAIR:
+                pair()
+                when = unpack()
+                if type(when) is EventTime:
+                    seconds = when // _NS_PER_SEC
+                    if 0 < seconds <= _MAX_SECONDS and seconds not in _GROUP_MARKER_SECONDS:
+                        if buffer[tell()] not in _MAP_FIRST:
+                            raise ProtocolError("record is not a map")
+                        skip()
+                        count += 1
+                        continue
+                count += len(forward_entries([[when, unpack()]]))
+            else:
+                count += len(forward_entries([unpack()]))
+    except ProtocolError:
+        raise
+    except Exception as exc:  # any unpack failure is bad input
+        raise _unpack_error(exc) from exc
+    return count
 
 
 def decode_spooled(raw: bytes, received_ns: int) -> Chunk:

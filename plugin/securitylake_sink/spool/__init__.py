@@ -88,7 +88,7 @@ from typing import IO, Final
 import msgpack
 
 from securitylake_sink.errors import Backpressure, SpoolCorrupt, SpoolError, SpoolLocked
-from securitylake_sink.model import Chunk
+from securitylake_sink.model import Chunk, DeferredEntries
 from securitylake_sink.spool import quarantine
 from securitylake_sink.spool.batchfile import SUFFIX, BatchFile
 from securitylake_sink.spool.wal import SEGMENT_BYTES, WalPosition, WriteAheadLog, fsync_dir, scan_records
@@ -98,6 +98,15 @@ log = logging.getLogger("securitylake_sink.spool")
 # wire bytes in memory (5.3 measured for the benchmark's mixes); the log's cache of decoded chunks
 # is bounded by that estimate.
 DECODED_EXPANSION = 5
+
+
+
+def _cache_weight(chunk: Chunk) -> int:
+    """What a chunk kept in the log's cache takes in memory: its bytes, or several times that
+    once its records are built."""
+    deferred = isinstance(chunk.entries, DeferredEntries) and not chunk.entries.decoded
+    return len(chunk.raw) * (1 if deferred else DECODED_EXPANSION)
+
 
 DEFAULT_DEDUP_TOKENS: Final = 10_000
 DEFAULT_DEDUP_SECS: Final = 3600.0
@@ -336,7 +345,7 @@ class Spool:
                 self.deduplicated += 1
                 return
         self._check_room()
-        weight = len(chunk.raw) * DECODED_EXPANSION  # what the cached decoded chunk takes in memory
+        weight = _cache_weight(chunk)
         if token is None:
             await self.wal.append(encode_chunk(chunk), chunk, weight=weight)
             return

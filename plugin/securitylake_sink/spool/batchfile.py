@@ -161,8 +161,19 @@ class BatchFile:
         table = pa.concat_tables([widen_batch(b, narrow) for b in batches])
         batches.clear()
         if "time" in narrow.names and not is_ascending(table.column("time")):
-            table = table.take(pc.sort_indices(table.column("time")))
+            table = _sorted(table, pc.sort_indices(table.column("time")))
         return widen_batch(table, schema)
+
+
+def _sorted(table: pa.Table, order: pa.Array) -> pa.Table:
+    """``table.take(order)`` a column at a time, each unsorted column let go once its sorted
+    copy exists: the peak is the table plus one column, not two tables."""
+    schema = table.schema
+    columns = []
+    for _ in range(table.num_columns):
+        columns.append(table.column(0).take(order))
+        table = table.remove_column(0)
+    return pa.Table.from_arrays(columns, schema=schema)
 
 
 def _serialize(batch: pa.RecordBatch) -> bytes:

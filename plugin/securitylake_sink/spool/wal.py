@@ -31,8 +31,9 @@ log = logging.getLogger("securitylake_sink.spool")
 MAGIC = b"W1"
 HEADER = struct.Struct(">2sII")
 SEGMENT_BYTES = 64 * 1024 * 1024
-# Decoded chunks kept in memory for the mapper; past this it reads them back from disk.
-CACHE_BYTES = 64 * 1024 * 1024
+# Chunks kept in memory for the mapper (weighed by spool._cache_weight); past this it reads them
+# back from disk.
+CACHE_BYTES = 16 * 1024 * 1024
 MAX_RECORD_BYTES = 1024 * 1024 * 1024
 
 
