@@ -4,7 +4,7 @@ byte to the last object written, sink CPU seconds per million records, peak RSS,
 bytes on the wire against bytes of Parquet, and writes them as JSON.
 
     .venv/bin/python bench/e2e.py [--records 200000] [--chunk 1000] [--mix MIX] [--rate R] [--workers N]
-                                  [--json out.json]
+                                  [--no-raw-data] [--json out.json]
     .venv/bin/python bench/e2e.py --smoke     # a few thousand records; checks counts only
 
 MIX is one of bench/records.py's mixes (default ``mixed``); ``--rate`` paces the sender to that
@@ -41,10 +41,11 @@ BIN = Path(sys.executable).parent / "securitylake-sink"
 DEFAULT_CHUNK = 1000
 
 
-def sink_config(tmp: Path, port: int) -> Path:
+def sink_config(tmp: Path, port: int, *, raw_data: bool = True) -> Path:
     """A file-lake config under ``tmp`` (lake/, spool/) listening on ``port``, every bench tag
-    bound to its built-in rule; one source location for every class."""
-    mappings = "".join(f"  - {{match: {tag!r}, rule: {rule}}}\n" for tag, rule in MAPPINGS)
+    bound to its built-in rule (with ``raw_data`` as given); one source location for every class."""
+    keep = "true" if raw_data else "false"
+    mappings = "".join(f"  - {{match: {tag!r}, rule: {rule}, raw_data: {keep}}}\n" for tag, rule in MAPPINGS)
     path = tmp / "config.yaml"
     path.write_text(
         f"""destination:
@@ -114,10 +115,10 @@ class PeakRss(threading.Thread):
 _PEAKS: dict[int, PeakRss] = {}
 
 
-def start_sink(tmp: Path, port: int, workers: int = 1) -> subprocess.Popen[bytes]:
+def start_sink(tmp: Path, port: int, workers: int = 1, *, raw_data: bool = True) -> subprocess.Popen[bytes]:
     """Start the sink (``run --workers``) on ``sink_config(tmp, port)`` and wait until it accepts
     connections."""
-    config = sink_config(tmp, port)
+    config = sink_config(tmp, port, raw_data=raw_data)
     command = [str(BIN), "run", "-c", str(config), "--log-level", "warning", "--workers", str(workers)]
     with (tmp / "sink.log").open("wb") as log:
         sink = subprocess.Popen(command, stdout=log, stderr=log)
@@ -197,12 +198,13 @@ def _wait_for(generator: Any, results: Any) -> dict[str, Any]:
 
 
 def run(mix: str, records: int, chunk: int = DEFAULT_CHUNK, *, start_ms: int | None = None,
-        rate: float | None = None, workers: int = 1) -> dict[str, Any]:
-    """One sink run of ``records`` records of ``mix``; the figures as a flat dict."""
+        rate: float | None = None, workers: int = 1, raw_data: bool = True) -> dict[str, Any]:
+    """One sink run of ``records`` records of ``mix`` (``raw_data``: each mapping's option); the
+    figures as a flat dict."""
     start_ms = start_ms if start_ms is not None else int(time.time() * 1000)
     tmp = Path(tempfile.mkdtemp(prefix="slsink-bench-"))
     port = free_port()
-    sink = start_sink(tmp, port, workers)
+    sink = start_sink(tmp, port, workers, raw_data=raw_data)
     try:
         ctx = mp.get_context("spawn")
         results: Any = ctx.Queue()
@@ -225,6 +227,7 @@ def run(mix: str, records: int, chunk: int = DEFAULT_CHUNK, *, start_ms: int | N
         "records": sent["records"],
         "chunk": chunk,
         "paced_records_per_sec": rate,
+        "raw_data": raw_data,
         **lake,
         "counts_ok": lake["rows_in_lake"] + lake["dead_letters"] == sent["records"] == records and code == 0,
         "exit_status": code,
@@ -247,11 +250,12 @@ def main() -> int:
     parser.add_argument("--mix", choices=sorted(MIXES), default="mixed")
     parser.add_argument("--rate", type=float, help="pace the sender to this many records per second")
     parser.add_argument("--workers", type=int, default=1, help="run the sink with --workers N")
+    parser.add_argument("--no-raw-data", action="store_true", help="every mapping with raw_data: false")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--smoke", action="store_true", help="a few thousand records; exit 1 unless counts match")
     args = parser.parse_args()
     figures = run(args.mix, 3000 if args.smoke else args.records, 500 if args.smoke else args.chunk, rate=args.rate,
-                  workers=args.workers)
+                  workers=args.workers, raw_data=not args.no_raw_data)
     for key, value in figures.items():
         print(f"{key:28} {value}")
     if args.json:

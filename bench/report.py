@@ -89,6 +89,8 @@ def table(result: dict[str, Any]) -> str:
     paced = result.get("paced")
     if paced:
         e2e_rows.append(_e2e_row(f"mixed paced at {paced['paced_records_per_sec']:,.0f}/s", paced))
+    if "raw_no_raw_data" in result:
+        e2e_rows.append(_e2e_row("raw, raw_data: false", result["raw_no_raw_data"]))
     out += _rows(["mix", "records/s", "CPU-s/M", "RSS MB", "ack p50 ms", "ack p99 ms", "parquet/wire",
                   "rows+dead=sent"], e2e_rows)
     stages, floor = result["stages"], result["floor"]

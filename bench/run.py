@@ -48,6 +48,7 @@ def checks(result: dict[str, Any]) -> dict[str, bool]:
     stage, floor = result["stages"], result["floor"]
     out = {f"e2e {mix}: rows + dead letters == sent": f["counts_ok"] for mix, f in result["e2e"].items()}
     out["e2e mixed paced: rows + dead letters == sent"] = result["paced"]["counts_ok"]
+    out["e2e raw, raw_data false: rows + dead letters == sent"] = result["raw_no_raw_data"]["counts_ok"]
     out["decode: every record"] = stage["decode"]["records"] == records
     out["map: mapped + dead letters == records"] = stage["map"]["mapped"] + stage["map"]["dead_letters"] == records
     out["map: rows mapped"] = stage["map"]["mapped"] > 0
@@ -70,6 +71,8 @@ def run(records: int, chunk: int, rule_records: int, rule_rounds: int, fluent_bi
     result["e2e"] = {mix: e2e.run(mix, records, chunk, start_ms=start_ms) for mix in MIXES}
     half = max(1.0, result["e2e"]["mixed"]["records_per_sec"] / 2)
     result["paced"] = e2e.run("mixed", records, chunk, start_ms=start_ms, rate=half)
+    # the same raw lines with each mapping's raw_data: false (the parsed fields only)
+    result["raw_no_raw_data"] = e2e.run("raw", records, chunk, start_ms=start_ms, raw_data=False)
     frames = pack_frames(generate("mixed", records, start_ms), chunk)
     result["stages"] = stages.pipeline(frames, rule_records, rule_rounds)
     result["floor"] = stages.floor(frames)

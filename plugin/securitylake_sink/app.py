@@ -85,7 +85,8 @@ class App:
             dedup_tokens=config.spool.dedup_tokens,
             dedup_secs=config.spool.dedup_secs,
         )
-        self.mapper = Mapper(self.schema, [(m.match, m.rule) for m in config.mappings], config.mappings_fallback)
+        bindings = [(m.match, m.rule, m.raw_data) for m in config.mappings]
+        self.mapper = Mapper(self.schema, bindings, config.mappings_fallback)
         self.batcher = Batcher(
             self.schema,
             LakeTarget(self.destination.prefix, self.destination.region, config.destination.account_id),

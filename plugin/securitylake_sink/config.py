@@ -478,6 +478,9 @@ class OcsfConfig(_Model):
 class MappingBinding(_Model):
     match: str | None = None  # Fluent Bit Match glob (only * is special); default: the rule's own tags
     rule: str  # ocsf, a built-in rule (securitylake-sink map --list), or a rule file (.yaml)
+    # false: a line the rule parses is not also kept whole in raw_data (often half the object's
+    # bytes); a raw_data the rule maps itself stays.
+    raw_data: bool = True
 
     @field_validator("rule")
     @classmethod
@@ -486,6 +489,13 @@ class MappingBinding(_Model):
 
         base = (info.context or {}).get("config_dir")
         return resolve_rule(value, base if isinstance(base, Path) else None)
+
+    @field_validator("raw_data")
+    @classmethod
+    def _raw_data(cls, value: bool, info: ValidationInfo) -> bool:
+        if not value and info.data.get("rule") == "base_event":
+            raise ValueError("must be true with rule base_event: raw_data is where it keeps the line")
+        return value
 
 
 class DeadLetterConfig(_Model):

@@ -87,7 +87,7 @@ def _mapper(rule: str | None, config_path: str | None, version: str | None) -> t
     if config_path is not None:
         config = load_config(config_path)
         schema = load_schema(config.ocsf.version)
-        bindings = [(b.match, b.rule) for b in config.mappings]
+        bindings = [(b.match, b.rule, b.raw_data) for b in config.mappings]
         return Mapper(schema, bindings, config.mappings_fallback), "map"
     assert rule is not None
     try:

@@ -608,6 +608,18 @@ RULES = [
         ["required"],
         id="mappings-rule-missing",
     ),
+    pytest.param(
+        {"mappings": [{"match": "a.*", "rule": "sshd"}, {"match": "b.*", "rule": "base_event", "raw_data": False}]},
+        "mappings[1].raw_data",
+        ["must be true with rule base_event"],
+        id="mappings-raw-data-base-event",
+    ),
+    pytest.param(
+        {"mappings": [{"match": "a.*", "rule": "sshd", "raw_data": "sometimes"}]},
+        "mappings[0].raw_data",
+        ["boolean"],
+        id="mappings-raw-data-not-bool",
+    ),
 ]
 
 

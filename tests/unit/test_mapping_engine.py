@@ -169,6 +169,31 @@ def test_fields_a_rule_does_not_use_go_to_unmapped_and_the_line_to_raw_data() ->
     assert event["raw_data"] == SSHD_LINE
 
 
+def test_raw_data_false_keeps_the_parsed_fields_and_leaves_the_line_out(tmp_path: Path) -> None:
+    # GIVEN sshd bound twice: as is, and with raw_data false; and a rule that maps raw_data itself
+    record = {"log": SSHD_LINE, "seq": 7}
+    schema = load_schema("1.1.0")
+    kept = events(Mapper(schema, [("*", "sshd")]).map_records("x", [record], [T]))[0]
+    left = events(Mapper(schema, [("*", "sshd", False)]).map_records("x", [record], [T]))[0]
+    # THEN only raw_data differs
+    assert kept["raw_data"] == SSHD_LINE
+    assert "raw_data" not in left
+    assert {k: v for k, v in kept.items() if k != "raw_data"} == left
+    own = rule_file(
+        tmp_path,
+        """
+        class_uid: 0
+        line: [log]
+        attributes:
+          activity_id: 0
+          severity_id: 0
+          raw_data: {from: log}
+        """,
+    )
+    mapped = events(Mapper(schema, [("*", own, False)]).map_records("x", [record], [T]))[0]
+    assert mapped["raw_data"] == SSHD_LINE  # what a rule maps itself stays
+
+
 @pytest.mark.parametrize(
     ("pattern", "tag", "matches"),
     [

@@ -10,7 +10,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pyarrow as pa
@@ -52,13 +52,18 @@ def _ref_ms(entry_time_ns: int | None, received_ns: int) -> int:
     return (entry_time_ns if entry_time_ns is not None else received_ns or time.time_ns()) // 1_000_000
 
 
+# A ``mappings`` entry: its match (None: the rule's own tags), the rule, and optionally whether a
+# line the rule parses is kept in raw_data (default true).
+Binds = tuple[str | Sequence[str] | None, str] | tuple[str | Sequence[str] | None, str, bool]
+
+
 class Mapper:
     """Maps chunks per the config's ``mappings`` (in order), then OCSF pass-through, then the fallback."""
 
     def __init__(
         self,
         schema: OcsfSchema,
-        bindings: Sequence[tuple[str | Sequence[str] | None, str]] = (),
+        bindings: Sequence[Binds] = (),
         fallback: str = "dead_letter",
         *,
         functions: Mapping[str, PythonFunction] | None = None,
@@ -75,8 +80,10 @@ class Mapper:
             return compiled[name]
 
         out = []
-        for match, name in bindings:
+        for match, name, *raw_data in bindings:
             target = None if name == OCSF else rule(name)
+            if target is not None and raw_data == [False]:
+                target = replace(target, raw_line=False)
             globs = (match,) if isinstance(match, str) else tuple(match or (target.tags if target else ()))
             out.append(Binding(globs or ("*",), target))
         self.bindings = tuple(out)
