@@ -41,10 +41,11 @@ BIN = Path(sys.executable).parent / "securitylake-sink"
 DEFAULT_CHUNK = 1000
 
 
-def sink_config(tmp: Path, port: int, *, raw_data: bool = True) -> Path:
+def sink_config(tmp: Path, port: int, *, raw_data: bool = True, spool_max_bytes: int | None = None) -> Path:
     """A file-lake config under ``tmp`` (lake/, spool/) listening on ``port``, every bench tag
     bound to its built-in rule (with ``raw_data`` as given); one source location for every class."""
     keep = "true" if raw_data else "false"
+    spool_cap = "" if spool_max_bytes is None else f", max_bytes: {spool_max_bytes}"
     mappings = "".join(f"  - {{match: {tag!r}, rule: {rule}, raw_data: {keep}}}\n" for tag, rule in MAPPINGS)
     path = tmp / "config.yaml"
     path.write_text(
@@ -56,7 +57,7 @@ def sink_config(tmp: Path, port: int, *, raw_data: bool = True) -> Path:
 listen:
   forward: {{address: "127.0.0.1:{port}"}}
   metrics: {{enabled: false}}
-spool: {{path: "{tmp / "spool"}"}}
+spool: {{path: "{tmp / "spool"}"{spool_cap}}}
 # the figures run to the last object: let the flush on SIGTERM finish whatever the backlog
 shutdown: {{timeout_secs: 3600}}
 mappings:
@@ -115,10 +116,12 @@ class PeakRss(threading.Thread):
 _PEAKS: dict[int, PeakRss] = {}
 
 
-def start_sink(tmp: Path, port: int, workers: int = 1, *, raw_data: bool = True) -> subprocess.Popen[bytes]:
-    """Start the sink (``run --workers``) on ``sink_config(tmp, port)`` and wait until it accepts
-    connections."""
-    config = sink_config(tmp, port, raw_data=raw_data)
+def start_sink(
+    tmp: Path, port: int, workers: int = 1, *, raw_data: bool = True, spool_max_bytes: int | None = None
+) -> subprocess.Popen[bytes]:
+    """Start the sink (``run --workers``) on ``sink_config(tmp, port, ...)`` and wait until it
+    accepts connections."""
+    config = sink_config(tmp, port, raw_data=raw_data, spool_max_bytes=spool_max_bytes)
     command = [str(BIN), "run", "-c", str(config), "--log-level", "warning", "--workers", str(workers)]
     with (tmp / "sink.log").open("wb") as log:
         sink = subprocess.Popen(command, stdout=log, stderr=log)

@@ -50,8 +50,9 @@ MAP_LIMIT = 512  # chunks per pipeline step
 # Records per pipeline step: mapping builds every column of the class at once, so this bounds the
 # step's memory (a step always takes at least one chunk).
 STEP_RECORDS = 16_384
-# Log bytes a step reads back from disk (a backlog past the cache): about STEP_RECORDS records.
-STEP_READ_BYTES = 16 * 1024 * 1024
+# Log bytes a step reads back from disk (a backlog past the cache): STEP_RECORDS records of up to
+# 512 bytes each as packed; what the step does not take is read again by the next one.
+STEP_READ_BYTES = 8 * 1024 * 1024
 IDLE_WAKE_SECS = 1.0  # how often an idle pipeline checks batch ages
 MIN_STEP_SECS = 0.2  # steps that take the whole backlog are at least this far apart
 # After a failed pipeline step (e.g. a full disk under the batch files): back off, then resume.
@@ -329,7 +330,7 @@ class App:
 
 
     @staticmethod
-    def _decode(payload: bytes) -> Chunk:
+    def _decode(payload: bytes | memoryview) -> Chunk:
         spooled = decode_chunk(payload)
         return decode_spooled(spooled.kind, spooled.raw, spooled.received_ns, tag=spooled.tag, meta=spooled.meta)
 

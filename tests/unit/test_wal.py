@@ -45,7 +45,7 @@ async def append_all(wal: WriteAheadLog, payloads: list[bytes]) -> list[WalPosit
 
 def read_all(wal: WriteAheadLog, cursor: WalPosition = START) -> list[bytes]:
     records, _ = wal.read_from(cursor, 1_000_000)
-    return [p for _, p in records]
+    return [bytes(p) for _, p in records]  # views into one read of the segment
 
 
 def newest_segment(wal_dir: Path) -> Path:

@@ -149,7 +149,7 @@ def encode_chunk(chunk: Chunk) -> bytes:
     )
 
 
-def decode_chunk(payload: bytes) -> SpooledChunk:
+def decode_chunk(payload: bytes | memoryview) -> SpooledChunk:
     """Read a log record's chunk, old 3- and 5-item ones included."""
     item = msgpack.unpackb(payload, raw=False)
     if not isinstance(item, list) or len(item) not in (3, 5, 6):

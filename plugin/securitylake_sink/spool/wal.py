@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 from securitylake_sink.errors import SpoolCorrupt, SpoolError
 
@@ -49,8 +49,17 @@ def encode_record(payload: bytes) -> bytes:
     return HEADER.pack(MAGIC, len(payload), zlib.crc32(payload)) + payload
 
 
-def scan_records(data: bytes, start: int = 0) -> Iterator[tuple[int, int, bytes]]:
-    """Yield (offset, end, payload) of each whole, valid record; stop at the first bad one."""
+@overload
+def scan_records(data: bytes, start: int = 0) -> Iterator[tuple[int, int, bytes]]: ...
+
+
+@overload
+def scan_records(data: memoryview, start: int = 0) -> Iterator[tuple[int, int, memoryview]]: ...
+
+
+def scan_records(data: bytes | memoryview, start: int = 0) -> Iterator[tuple[int, int, bytes | memoryview]]:
+    """Yield (offset, end, payload) of each whole, valid record; stop at the first bad one. Over a
+    memoryview the payloads are views, not copies."""
     pos = start
     while pos + HEADER.size <= len(data):
         magic, length, crc = HEADER.unpack_from(data, pos)
@@ -256,11 +265,11 @@ class WriteAheadLog:
 
     def read_from(
         self, cursor: WalPosition, limit: int, max_bytes: int | None = None
-    ) -> tuple[list[tuple[WalPosition, bytes]], WalPosition]:
+    ) -> tuple[list[tuple[WalPosition, bytes | memoryview]], WalPosition]:
         """Up to ``limit`` durable records from disk after ``cursor`` (and, with ``max_bytes``, no
         more records once that many payload bytes are read; at least one), and the durable end that
         bounded the read (blocking; call off the loop)."""
-        out: list[tuple[WalPosition, bytes]] = []
+        out: list[tuple[WalPosition, bytes | memoryview]] = []
         end = self._durable_end
         budget = max_bytes if max_bytes is not None else float("inf")
         for segment in self.segments():
@@ -276,7 +285,7 @@ class WriteAheadLog:
                 data = _read_window(path, start, stop, None)  # no whole record in the window: look at all
             whole = start + len(data) >= stop  # the read reached the end of what is durable
             last = start
-            for _, rec_end, payload in scan_records(data):
+            for _, rec_end, payload in scan_records(memoryview(data)):  # views: no second copy
                 out.append((WalPosition(segment, start + rec_end), payload))
                 last = start + rec_end
                 budget -= len(payload)
