@@ -28,13 +28,16 @@ def test_bench_smoke_mode_accounts_for_every_record_in_every_part(tmp_path: Path
     assert "machine: " in result.stdout and "command: " in result.stdout
     figures = json.loads(figures_path.read_text())
     # AND every record sent to a sink landed as a row or a dead letter, in every end-to-end run
-    runs = [*figures["e2e"].values(), figures["paced"]]
+    runs = [*figures["e2e"].values(), figures["paced"], figures["raw_no_raw_data"]]
     assert sorted(figures["e2e"]) == ["mixed", "preparsed", "raw"]
     for run in runs:
         assert run["exit_status"] == 0
         assert run["records"] == SMOKE_RECORDS
         assert run["rows_in_lake"] + run["dead_letters"] == SMOKE_RECORDS
         assert run["rows_in_lake"] > 0 and run["objects"] > 0
+    # AND the raw lines without raw_data make smaller objects than with it
+    assert figures["raw_no_raw_data"]["raw_data"] is False
+    assert figures["raw_no_raw_data"]["parquet_bytes"] < figures["e2e"]["raw"]["parquet_bytes"]
     # AND the mixed records map to several classes: the stages decode, map, validate and encode them
     stages = figures["stages"]
     assert stages["decode"]["records"] == SMOKE_RECORDS
@@ -57,3 +60,30 @@ def test_e2e_bench_smoke_mode_lands_every_record() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     figures = dict(line.split(None, 1) for line in result.stdout.splitlines() if line.strip())
     assert int(figures["rows_in_lake"]) + int(figures["dead_letters"]) == int(figures["records"]) == SMOKE_RECORDS
+
+
+def test_buffered_bench_smoke_fills_the_spool_and_reports_its_memory(tmp_path: Path) -> None:
+    # GIVEN the deep-backlog harness with a few thousand records, repeats of a thousand
+    out = tmp_path / "buffered.json"
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(BENCH / "buffered.py"),
+            "--records",
+            str(SMOKE_RECORDS),
+            "--distinct",
+            "1000",
+            "--json",
+            str(out),
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    # THEN every record was acked, and the figures of the spool and the memory are there
+    assert result.returncode == 0, result.stdout + result.stderr
+    figures = json.loads(out.read_text())
+    assert figures["records_acked"] == SMOKE_RECORDS
+    assert 0 <= figures["records_in_spool_at_last_ack"] <= SMOKE_RECORDS
+    assert figures["spool_bytes_at_last_ack"] > 0 and figures["sink_peak_rss_mb"] > 0
