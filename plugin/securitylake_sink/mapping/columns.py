@@ -44,7 +44,8 @@ def getter(path: str) -> Callable[[Mapping[str, Any]], Any]:
             return value
         value = r
         for part in parts:
-            value = value.get(part) if isinstance(value, Mapping) else None
+            # records are dicts (msgpack, JSON): the exact check first, the ABC's only otherwise
+            value = value.get(part) if value.__class__ is dict or isinstance(value, Mapping) else None
             if value is None:
                 return None
         return value
@@ -80,7 +81,7 @@ class UsedFields:
 
 
 def _flatten(value: Any, prefix: str, keys: list[str], values: list[str]) -> None:
-    if isinstance(value, Mapping):
+    if value.__class__ is dict or isinstance(value, Mapping):
         for key, item in value.items():
             _flatten(item, f"{prefix}.{key}", keys, values)
     elif isinstance(value, list | tuple):
@@ -107,7 +108,7 @@ def _leftover(
         if node is _LEAF:
             continue
         name = f"{prefix}{key}" if prefix else key
-        if node is not None and isinstance(value, Mapping):
+        if node is not None and (value.__class__ is dict or isinstance(value, Mapping)):
             _leftover(value, node, f"{name}.", out)
         elif value.__class__ is str:
             keys.append(name)
@@ -215,11 +216,15 @@ class _Shapes:
         return sorted(row for sid in picked for row in self.rows[sid])
 
 
-def _column(records: Sequence[Mapping[str, Any]], path: str, shapes: _Shapes) -> list[Any]:
+def _column(
+    records: Sequence[Mapping[str, Any]], path: str, shapes: _Shapes, walked: dict[tuple[str, ...], list[Any]]
+) -> list[Any]:
     parts = path_parts(path)
     n = len(records)
     if parts[0] not in shapes.present and path not in shapes.present:
         return [None] * n  # no record has it: skip the pass
+    if len(parts) > 1 and path not in shapes.present:  # no literal dotted key: walk level by level
+        return _walk(records, parts, walked)
     get: Callable[[Mapping[str, Any]], Any] = getter(path)
     rows = shapes.rows_with(lambda shape: parts[0] in shape or path in shape)
     if rows is None:
@@ -230,6 +235,32 @@ def _column(records: Sequence[Mapping[str, Any]], path: str, shapes: _Shapes) ->
     for row in rows:
         column[row] = get(records[row])
     return column
+
+
+def _walk(
+    records: Sequence[Mapping[str, Any]], parts: tuple[str, ...], walked: dict[tuple[str, ...], list[Any]]
+) -> list[Any]:
+    """The values at ``parts`` in each record, one pass per level; the levels are kept in
+    ``walked``, so paths that share a parent (``userIdentity.arn``, ``userIdentity.type``) read
+    it once."""
+    column = walked.get(parts)
+    if column is not None:
+        return column
+    if len(parts) == 1:
+        key = parts[0]
+        column = [r.get(key) for r in records]
+    else:
+        key = parts[-1]
+        column = [
+            v.get(key) if v.__class__ is dict else None if v is None else _get(v, key)
+            for v in _walk(records, parts[:-1], walked)
+        ]
+    walked[parts] = column
+    return column
+
+
+def _get(value: Any, key: str) -> Any:
+    return value.get(key) if isinstance(value, Mapping) else None
 
 
 def _leftovers(
@@ -291,7 +322,8 @@ def pull_frame(
     if decode_json:
         records = _decode_json(records, lines, [_line_key(r, candidates) for r in records])
         shapes = _Shapes(records)
-    pulled = {path: _column(records, path, shapes) for path in used.paths}
+    walked: dict[tuple[str, ...], list[Any]] = {}
+    pulled = {path: _column(records, path, shapes, walked) for path in used.paths}
     unmapped = _leftovers(records, lines, candidates, used, shapes)
     line = pa.array(lines, pa.string()) if candidates else pa.nulls(n, pa.string())
     return Frame(n, tag, records, ref_ms, line, unmapped, pulled)

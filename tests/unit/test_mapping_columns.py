@@ -1,0 +1,43 @@
+"""Pulling record fields into columns: the level-by-level walk reads what the per-record getter
+reads, whatever the values on the way are."""
+
+from __future__ import annotations
+
+from collections import UserDict
+from typing import Any
+
+import pyarrow as pa
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from securitylake_sink.mapping.columns import UsedFields, getter, pull_frame
+
+PATHS = ("a", "a.b", "a.b.c", "a.x", "z.b", 'a["b.c"]', "a.b.c.d")
+
+_leaves = st.none() | st.integers() | st.text(max_size=3) | st.lists(st.integers(), max_size=2)
+_values: st.SearchStrategy[Any] = st.recursive(
+    _leaves,
+    lambda inner: st.dictionaries(st.sampled_from(["a", "b", "c", "d", "x", "b.c"]), inner, max_size=3),
+    max_leaves=8,
+)
+_records = st.dictionaries(st.sampled_from(["a", "z", "q"]), _values, max_size=3)
+
+
+@settings(max_examples=200, deadline=None)
+@given(records=st.lists(_records, min_size=1, max_size=6))
+def test_pulled_columns_equal_the_getter_on_each_record(records: list[dict[str, Any]]) -> None:
+    frame = pull_frame(records, "t", pa.array([0] * len(records), pa.int64()), UsedFields(PATHS, ()))
+    for path in PATHS:
+        assert list(frame.pulled[path]) == [getter(path)(r) for r in records], path
+
+
+def test_a_mapping_that_is_not_a_dict_is_walked_and_a_literal_dotted_key_wins() -> None:
+    records: list[dict[str, Any]] = [
+        {"a": UserDict({"b": UserDict({"c": 1})})},  # a Mapping, not a dict
+        {"a": {"b": "text"}},  # a leaf where an object would be: nothing below it
+        {"a.b": "literal", "a": {"b": {"c": 3}}},  # a key with a dot in it is read first
+        {"a": [{"b": 4}]},  # a list on the way: nothing
+    ]
+    frame = pull_frame(records, "t", pa.array([0] * 4, pa.int64()), UsedFields(("a.b.c", "a.b"), ()))
+    assert list(frame.pulled["a.b.c"]) == [1, None, 3, None]
+    assert frame.pulled["a.b"][2] == "literal"
