@@ -94,6 +94,9 @@ def test_parquet_rows_sorted_by_time_with_zstd_and_small_pages() -> None:
         column = meta.row_group(0).column(i)
         assert column.compression == "ZSTD"
     assert back.schema.metadata[b"ocsf.class_uid"] == b"3002"
+    assert back.schema.metadata[b"ocsf.version"] == b"1.1.0"
+    # AND the types come from Parquet's own schema: no serialized Arrow schema in the footer
+    assert b"ARROW:schema" not in (meta.metadata or {})
 
 
 def test_uuid7s_of_one_process_strictly_increase_within_a_millisecond() -> None:
