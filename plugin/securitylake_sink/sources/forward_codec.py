@@ -25,6 +25,7 @@ import math
 import struct
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, Final, Protocol
 
@@ -158,8 +159,12 @@ class FrameReader:
             raise FrameTooLarge("frame over max_frame_bytes")
 
 
-_CONTAINER_HEADERS: Final = {0xDC: (">H", MAX_ARRAY_LEN), 0xDD: (">I", MAX_ARRAY_LEN),
-                              0xDE: (">H", MAX_MAP_LEN), 0xDF: (">I", MAX_MAP_LEN)}
+_CONTAINER_HEADERS: Final = {
+    0xDC: (">H", MAX_ARRAY_LEN),
+    0xDD: (">I", MAX_ARRAY_LEN),
+    0xDE: (">H", MAX_MAP_LEN),
+    0xDF: (">I", MAX_MAP_LEN),
+}
 
 
 def _check_header(pending: bytearray) -> None:
@@ -252,12 +257,14 @@ def scan_frame(
     unpacker = new_unpacker(len(raw))
     unpacker.feed(raw)
     try:
-        if raw[:1] and raw[0] in _ARRAY_FIRST and unpacker.read_array_header() in (2, 3):
+        size = unpacker.read_array_header() if raw[:1] and raw[0] in _ARRAY_FIRST else 0
+        if size in (2, 3):
             tag = unpacker.unpack()
             second_at = unpacker.tell()
             if isinstance(tag, str) and raw[second_at] in _SECOND_FIRST:
                 limit = max_decompressed_bytes
-                return _scan(unpacker, raw, tag, second_at, received_ns=received_ns, max_decompressed=limit)
+                scan = _Scan(raw, tag, second_at, has_options=size == 3, received_ns=received_ns)
+                return scan.chunk(unpacker, limit)
     except ProtocolError:
         raise
     except Exception as exc:  # any unpack failure is bad input
@@ -265,30 +272,38 @@ def scan_frame(
     return decode_frame(unpack_frame(raw), raw, received_ns, max_decompressed_bytes=max_decompressed_bytes)
 
 
-def _scan(
-    unpacker: msgpack.Unpacker, raw: bytes, tag: str, second_at: int, *, received_ns: int, max_decompressed: int
-) -> Chunk:
-    """The rest of ``scan_frame`` once the frame is ``[tag, entries or packed entries, options?]``."""
-    packed = raw[second_at] in _RAW_FIRST
-    second = unpacker.unpack() if packed else unpacker.skip()
-    has_options = unpacker.tell() < len(raw)
-    options = _options(unpacker.unpack() if has_options else {})
-    if packed:
-        data = second if isinstance(second, bytes) else second.encode("utf-8", "surrogateescape")
-        payload = _decompress(data, options.get("compressed", "text"), max_decompressed)
-        _check_packed(payload)
-        count = _scan_entries(payload, None)
-    else:
-        count = _scan_entries(memoryview(raw)[second_at:], -1)
-    return Chunk(
-        kind=KIND,
-        tag=tag,
-        entries=DeferredEntries(count, partial(_decode_entries, raw, received_ns, max_decompressed)),
-        raw=raw,
-        token=options.get("chunk"),
-        received_ns=received_ns,
-        meta=_meta("packed_forward" if packed else "forward", options),
-    )
+@dataclass(frozen=True, slots=True)
+class _Scan:
+    """A frame ``[tag, entries or packed entries, options?]`` as far as ``scan_frame`` read it."""
+
+    raw: bytes
+    tag: str
+    second_at: int  # where the entries (or the packed entries) start
+    has_options: bool
+    received_ns: int
+
+    def chunk(self, unpacker: msgpack.Unpacker, max_decompressed: int) -> Chunk:
+        """Check the rest of the frame (``unpacker`` is at its second item) and count its entries."""
+        raw = self.raw
+        packed = raw[self.second_at] in _RAW_FIRST
+        second = unpacker.unpack() if packed else unpacker.skip()
+        options = _options(unpacker.unpack() if self.has_options else {})
+        if packed:
+            data = second if isinstance(second, bytes) else second.encode("utf-8", "surrogateescape")
+            payload = _decompress(data, options.get("compressed", "text"), max_decompressed)
+            _check_packed(payload)
+            count = _scan_entries(payload, None)
+        else:
+            count = _scan_entries(memoryview(raw)[self.second_at :], -1)
+        return Chunk(
+            kind=KIND,
+            tag=self.tag,
+            entries=DeferredEntries(count, partial(_decode_entries, raw, self.received_ns, max_decompressed)),
+            raw=raw,
+            token=options.get("chunk"),
+            received_ns=self.received_ns,
+            meta=_meta("packed_forward" if packed else "forward", options),
+        )
 
 
 def _decode_entries(raw: bytes, received_ns: int, max_decompressed: int) -> Sequence[Entry]:
