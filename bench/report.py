@@ -61,10 +61,15 @@ def _rows(header: list[str], rows: list[list[Any]]) -> list[str]:
     return [line.rstrip() for line in (lines[0], "  ".join("-" * w for w in widths), *lines[1:])]
 
 
+def _acked_per_sec(f: dict[str, Any]) -> int | None:
+    seconds = f.get("seconds_to_last_ack")
+    return round(f["records"] / seconds) if seconds else None
+
+
 def _e2e_row(name: str, f: dict[str, Any]) -> list[Any]:
     counts = f"{f['rows_in_lake']:,}+{f['dead_letters']:,}={f['records']:,}" + ("" if f["counts_ok"] else " MISMATCH")
-    return [name, f["records_per_sec"], f["sink_cpu_secs_per_million"], f["sink_peak_rss_mb"], f.get("ack_p50_ms"),
-            f.get("ack_p99_ms"), f.get("parquet_over_wire"), counts]
+    return [name, f["records_per_sec"], _acked_per_sec(f), f["sink_cpu_secs_per_million"], f["sink_peak_rss_mb"],
+            f.get("ack_p50_ms"), f.get("ack_p99_ms"), f.get("parquet_over_wire"), counts]
 
 
 def _stage_row(name: str, f: dict[str, Any], note: str = "") -> list[Any]:
@@ -83,7 +88,7 @@ def table(result: dict[str, Any]) -> str:
         "per tag; file:// lake; OCSF 1.1.0",
         "",
         "End to end: generator process -> Forward with acks -> securitylake-sink run -> file:// lake "
-        "(records/s from first byte to last object)",
+        "(records/s from first byte to last object; acked/s from first byte to last ack)",
     ]
     e2e_rows = [_e2e_row(mix, f) for mix, f in result["e2e"].items()]
     paced = result.get("paced")
@@ -91,7 +96,7 @@ def table(result: dict[str, Any]) -> str:
         e2e_rows.append(_e2e_row(f"mixed paced at {paced['paced_records_per_sec']:,.0f}/s", paced))
     if "raw_no_raw_data" in result:
         e2e_rows.append(_e2e_row("raw, raw_data: false", result["raw_no_raw_data"]))
-    out += _rows(["mix", "records/s", "CPU-s/M", "RSS MB", "ack p50 ms", "ack p99 ms", "parquet/wire",
+    out += _rows(["mix", "records/s", "acked/s", "CPU-s/M", "RSS MB", "ack p50 ms", "ack p99 ms", "parquet/wire",
                   "rows+dead=sent"], e2e_rows)
     stages, floor = result["stages"], result["floor"]
     out += ["", "Stages in process, on the mixed records"]
@@ -118,13 +123,17 @@ def table(result: dict[str, Any]) -> str:
         out.append(f"skipped ({fb['skipped']})")
     else:
         sink, base = fb["to_sink"], fb["baseline"]
-        out += _rows(["run", "records/s", "rows+dead=sent"], [
-            ["fluent-bit -> sink (to last object)", sink["records_per_sec"],
+        out += _rows(["run", "records/s", "acked/s", "CPU-s/M", "RSS MB", "rows+dead=sent"], [
+            ["fluent-bit -> sink (to last object)", sink["records_per_sec"], _acked_per_sec(sink),
+             sink["sink_cpu_secs_per_million"], sink["sink_peak_rss_mb"],
              f"{sink['rows_in_lake']:,}+{sink['dead_letters']:,}={sink['records']:,}"
              + ("" if sink["counts_ok"] else " MISMATCH")],
-            ["fluent-bit -> fluent-bit (null output)", base["records_per_sec"], "-"],
+            ["fluent-bit -> fluent-bit (null output)", base["records_per_sec"], base["records_per_sec"],
+             None, None, "-"],
         ])
-        out.append(f"sink / baseline: {fb['sink_over_baseline']:.3f}")
+        acked = _acked_per_sec(sink)
+        out.append(f"sink / baseline: {fb['sink_over_baseline']:.3f} to the last object, "
+                   f"{(acked or 0) / base['records_per_sec']:.3f} acked")
     failed = [name for name, ok in result["checks"].items() if not ok]
     out += ["", "checks: all passed" if not failed else f"checks FAILED: {', '.join(failed)}"]
     return "\n".join(out)
