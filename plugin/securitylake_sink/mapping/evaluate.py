@@ -61,6 +61,11 @@ def _unify(arrays: list[pa.Array]) -> list[pa.Array]:
     return [as_text(a) for a in arrays]
 
 
+def _rows_key(rows: pa.Array) -> tuple[object, ...]:
+    """A boolean column as a hashable value (its bits as they are stored)."""
+    return (rows.offset, len(rows), *(b.to_pybytes() if b is not None else None for b in rows.buffers()))
+
+
 class Evaluator:
     """Evaluates specs over one frame; cast failures are recorded in ``faults`` per row."""
 
@@ -69,6 +74,9 @@ class Evaluator:
         self.functions = functions
         self.faults = faults
         self.needed: pa.Array | None = None  # the rows a value is computed for; None: all
+        # A column read for some rows only, by (column, rows): the attributes of one when branch
+        # read the same columns for the same rows, and masking a list column is slow.
+        self._masked: dict[tuple[int, tuple[object, ...]], tuple[pa.Array, pa.Array]] = {}
 
     @contextlib.contextmanager
     def only(self, rows: pa.Array) -> Iterator[None]:
@@ -187,7 +195,13 @@ class Evaluator:
         if name == "$time":
             return frame.ref_ms
         values = frame.captures[name[1:]] if name.startswith("$") else frame.field(name)
-        return values if self.needed is None else pc.if_else(self.needed, values, None)
+        if self.needed is None:
+            return values
+        key = (id(values), _rows_key(self.needed))
+        known = self._masked.get(key)
+        if known is None:  # the column is kept with its masked copy, so its id stays its own
+            known = self._masked[key] = (values, pc.if_else(self.needed, values, None))
+        return known[1]
 
     def _cast(self, values: pa.Array, target: pa.DataType | None, label: str) -> pa.Array:
         if target is None:
