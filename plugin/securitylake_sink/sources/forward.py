@@ -53,7 +53,7 @@ INTAKE_BUDGET_BYTES: Final = 16 * 1024 * 1024
 
 
 class ChunkSink(Protocol):
-    """Where decoded chunks go: the spool."""
+    """Where checked chunks go: the spool."""
 
     async def submit(self, chunk: Chunk) -> None:
         """Return once the chunk is durable; raise SinkError when it cannot be stored."""

@@ -94,9 +94,9 @@ from securitylake_sink.spool.batchfile import SUFFIX, BatchFile
 from securitylake_sink.spool.wal import SEGMENT_BYTES, WalPosition, WriteAheadLog, fsync_dir, scan_records
 
 log = logging.getLogger("securitylake_sink.spool")
-# A decoded chunk (Python dicts and strings, and its wire bytes) takes about this many times its
-# wire bytes in memory (5.3 measured for the benchmark's mixes); the log's cache of decoded chunks
-# is bounded by that estimate.
+# A chunk whose records are built (Python dicts and strings, and its wire bytes) takes about this
+# many times its wire bytes in memory (5.3 measured for the benchmark's mixes); the log's cache
+# weighs such chunks (HTTP bodies) by that estimate, Forward chunks with deferred records by their bytes.
 DECODED_EXPANSION = 5
 
 

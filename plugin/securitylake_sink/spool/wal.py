@@ -174,7 +174,7 @@ class WriteAheadLog:
         """Append one record; returns its end position once it is on disk.
 
         ``decoded`` (the chunk the payload came from) is cached for the reader so the live
-        path does not decode twice; ``weight`` is its size for the cache bound.
+        path does not read the log back; ``weight`` is its size for the cache bound.
         """
         future: asyncio.Future[WalPosition] = asyncio.get_running_loop().create_future()
         self._pending.append((payload, (decoded, weight), future))
@@ -243,7 +243,7 @@ class WriteAheadLog:
 
     # -- reading -------------------------------------------------------------------------
     def take_cached(self, cursor: WalPosition, limit: int) -> list[tuple[WalPosition, Any]]:
-        """Decoded chunks that follow ``cursor`` contiguously, with their end positions."""
+        """Cached chunks that follow ``cursor`` contiguously, with their end positions."""
         while self._cache and self._cache[0][0] < cursor:
             self._cache_bytes -= self._cache.popleft()[3]
         out: list[tuple[WalPosition, Any]] = []
