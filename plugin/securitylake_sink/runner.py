@@ -14,6 +14,7 @@ from collections.abc import Callable, Collection, Sequence
 
 from securitylake_sink.app import App
 from securitylake_sink.config import Config
+from securitylake_sink.memory import tune_gc
 
 log = logging.getLogger("securitylake_sink")
 
@@ -80,6 +81,7 @@ async def run(
         drains.append(asyncio.create_task(_drain_orphan(drain, stop), name=f"drain {orphan.spool.path}"))
     app = App(config, reuse_port=reuse_port)
     await app.start()
+    tune_gc()
     if ready is not None:
         ready(app)
     await stop.wait()
