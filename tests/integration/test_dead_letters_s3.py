@@ -149,13 +149,15 @@ def test_dead_letters_left_by_a_crash_are_shipped_once_at_the_next_start(tmp_pat
     for bucket in (LAKE, DEAD):
         client.create_bucket(Bucket=bucket)
     # GIVEN files that would ship only after an hour, and a sink killed before that
-    config, _ = dead_config(tmp_path, moto.url, max_age_secs=3600)
+    config, metrics = dead_config(tmp_path, moto.url, max_age_secs=3600)
     sent = raw_records("crash", 25)
     with running(config, tmp_path / "sink.log") as sink:
         send(sink.port, sent, chunk=5, tag=RAW_TAG)
-        wait_until(
-            lambda: sum(len(p.read_bytes().splitlines()) for p in local_files(tmp_path)) == 25, 30, "the spooled lines"
-        )
+        # counted once the step's checkpoint is written: lines past the checkpoint would be cut
+        # back at the restart and mapped again into a file that ships only at its age
+        dead = "securitylake_sink_records_dead_lettered_total"
+        wait_until(lambda: metric(metrics, dead) == 25, 30, "the spooled lines")
+        assert sum(len(p.read_bytes().splitlines()) for p in local_files(tmp_path)) == 25
         sink.kill()
     assert not dead_lines(client)
     # WHEN the sink starts again, THEN what the spool kept is shipped once, and the local files go
