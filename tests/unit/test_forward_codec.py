@@ -616,6 +616,18 @@ def test_scan_defers_the_records_and_counts_without_markers() -> None:
     assert chunk.entries.decoded
 
 
+def test_a_spooled_frame_whose_records_cannot_be_built_is_read_back_like_the_live_one() -> None:
+    """Read back from the log (a restart, a backlog past the cache), such a frame must not stop the
+    pipeline: its entries raise when read, which the mapper turns into a dead letter."""
+    raw = frame("92 a1 74 91 92 d7 00 6553f100 00000000 81 91 01 02")  # ["t", [[EventTime, {[1]: 2}]]]
+    live = scan_frame(raw, 7)
+    spooled = decode_spooled(raw, 7)
+    assert live is not None and (spooled.tag, spooled.token, spooled.meta) == (live.tag, live.token, live.meta)
+    assert len(spooled.entries) == 1
+    with pytest.raises(ProtocolError):
+        list(spooled.entries)
+
+
 def test_scan_leaves_an_array_map_key_to_the_reader() -> None:
     """{[1]: 2} is well-formed msgpack that Python cannot build: the check passes, reading fails."""
     raw = frame("92 a1 74 91 92 d7 00 6553f100 00000000 81 91 01 02")  # ["t", [[EventTime, {[1]: 2}]]]

@@ -360,13 +360,15 @@ def _scan_entries(buffer: bytes | memoryview, size: int | None) -> int:
 
 
 def decode_spooled(raw: bytes, received_ns: int) -> Chunk:
-    """Decode a frame's bytes as stored from ``Chunk.raw``; same entries as the live path."""
+    """The chunk of a frame's bytes as stored from ``Chunk.raw``: checked by ``scan_frame`` like
+    the live path, so what only building the records finds surfaces where the live path's does
+    (when the entries are read), not here."""
     reader = FrameReader(max(len(raw), 1))
     reader.feed(raw)
-    frames = list(reader.frames())
+    frames = list(reader.raw_frames())
     if len(frames) != 1 or reader.pending_bytes:
         raise ProtocolError("spooled bytes are not exactly one frame")
-    chunk = decode_frame(frames[0][0], raw, received_ns)
+    chunk = scan_frame(raw, received_ns)
     if chunk is None:
         raise ProtocolError("spooled frame is a keep-alive")
     return chunk
