@@ -291,7 +291,6 @@ class _Scan:
         if packed:
             data = second if isinstance(second, bytes) else second.encode("utf-8", "surrogateescape")
             payload = _decompress(data, options.get("compressed", "text"), max_decompressed)
-            _check_packed(payload)
             count = _scan_entries(payload, None)
         else:
             count = _scan_entries(memoryview(raw)[self.second_at :], -1)
@@ -311,23 +310,11 @@ def _decode_entries(raw: bytes, received_ns: int, max_decompressed: int) -> Sequ
     return chunk.entries if chunk is not None else ()
 
 
-def _check_packed(payload: bytes) -> None:
-    """Raise as ``_unpack_all`` would on a payload that is not whole msgpack objects."""
-    unpacker = new_unpacker(len(payload))
-    unpacker.feed(payload)
-    try:
-        while unpacker.tell() < len(payload):
-            unpacker.skip()
-    except msgpack.OutOfData:
-        raise ProtocolError("packed entries end mid-entry") from None
-    except Exception as exc:  # any unpack failure is bad input
-        raise ProtocolError("packed entries are not valid msgpack") from exc
-
-
 def _scan_entries(buffer: bytes | memoryview, size: int | None) -> int:
     """Check the entries in ``buffer`` as ``forward_entries`` would and count those that are not
     group markers: an array of them (``size`` -1) or, with ``size`` None, concatenated ones
-    filling the buffer. The usual ``[EventTime, {record}]`` has its record skipped unbuilt."""
+    filling the buffer (bytes that are not whole entries are refused as ``_unpack_all`` refuses
+    them). The usual ``[EventTime, {record}]`` has its record skipped unbuilt."""
     unpacker = new_unpacker(len(buffer))
     unpacker.feed(buffer)
     if size is not None:
@@ -355,7 +342,11 @@ def _scan_entries(buffer: bytes | memoryview, size: int | None) -> int:
     except ProtocolError:
         raise
     except Exception as exc:  # any unpack failure is bad input
-        raise _unpack_error(exc) from exc
+        if size is not None:
+            raise _unpack_error(exc) from exc
+        # packed entries: running out (OutOfData, or no record after a time) means a cut entry
+        cut = isinstance(exc, msgpack.OutOfData | IndexError)
+        raise ProtocolError("packed entries end mid-entry" if cut else "packed entries are not valid msgpack") from exc
     return count
 
 
