@@ -18,7 +18,6 @@ import hashlib
 import json
 import multiprocessing as mp
 import shutil
-import signal
 import socket
 import sys
 import tempfile
@@ -29,7 +28,7 @@ from typing import Any
 import msgpack
 
 import e2e
-from frames import _await_ack, pack_frames
+from frames import await_ack, pack_frames
 from records import generate
 
 
@@ -52,7 +51,7 @@ def _send(port: int, records: int, distinct: int, chunk: int, out: Any) -> None:
                     token = base64.b64encode(hashlib.sha512(packed + round_no.to_bytes(8)).digest()[:16]).decode()
                     data = msgpack.packb([tag, packed, {"chunk": token}], use_bin_type=True)
                     sock.sendall(data)
-                    _await_ack(sock, unpacker, token)
+                    await_ack(sock, unpacker, token)
                     sent += count
                     wire += len(data)
                     if sent >= records:
@@ -73,15 +72,13 @@ def run(records: int, distinct: int, chunk: int) -> dict[str, Any]:
         results: Any = ctx.Queue()
         sender = ctx.Process(target=_send, args=(port, records, distinct, chunk, results))
         sender.start()
-        sent = e2e._wait_for(sender, results)
-        peak = e2e._PEAKS[sink.pid].peak_kb / 1024  # the peak up to the last ack
+        sent = e2e.wait_for_result(sender, results)
+        peak = e2e.peak_rss_mb(sink)  # the peak up to the last ack
         lake = e2e.lake_figures(tmp)
         held = sent["records"] - lake["rows_in_lake"] - lake["dead_letters"]
         spool_bytes = _tree_bytes(tmp / "spool")
     finally:
-        sink.send_signal(signal.SIGKILL)
-        sink.wait()
-        e2e._PEAKS.pop(sink.pid).done.set()
+        e2e.kill_sink(sink)
         shutil.rmtree(tmp, ignore_errors=True)
     return {
         "records_acked": sent["records"],

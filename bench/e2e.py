@@ -153,6 +153,21 @@ def stop_sink(sink: subprocess.Popen[bytes]) -> tuple[int, float, float]:
     return sink.returncode, usage.ru_utime + usage.ru_stime, peak.peak_kb / 1024
 
 
+def peak_rss_mb(sink: subprocess.Popen[bytes]) -> float:
+    """The sink's peak RSS so far, in MB (read from /proc while it runs)."""
+    return _PEAKS[sink.pid].peak_kb / 1024
+
+
+def kill_sink(sink: subprocess.Popen[bytes]) -> None:
+    """SIGKILL the sink (what it holds stays in its spool) and wait; its RSS reading stops."""
+    sink.kill()
+    sink.wait()
+    peak = _PEAKS.pop(sink.pid, None)
+    if peak is not None:
+        peak.done.set()
+        peak.join()
+
+
 def lake_figures(tmp: Path) -> dict[str, Any]:
     """Rows, objects, Parquet bytes and the last object's write time in ``tmp/lake``; dead letters."""
     objects = list((tmp / "lake").rglob("*.parquet"))
@@ -186,7 +201,8 @@ def _generate(load: Load, out: Any) -> None:
         out.put({"error": repr(exc)})
 
 
-def _wait_for(generator: Any, results: Any) -> dict[str, Any]:
+def wait_for_result(generator: Any, results: Any) -> dict[str, Any]:
+    """What a generator process put on ``results``; raise when it died or reported an error."""
     while True:
         try:
             result: dict[str, Any] = results.get(timeout=1)
@@ -213,10 +229,9 @@ def run(mix: str, records: int, chunk: int = DEFAULT_CHUNK, *, start_ms: int | N
         results: Any = ctx.Queue()
         generator = ctx.Process(target=_generate, args=(Load(port, mix, records, chunk, start_ms, rate), results))
         generator.start()
-        sent = _wait_for(generator, results)
+        sent = wait_for_result(generator, results)
     except BaseException:
-        sink.kill()
-        sink.wait()
+        kill_sink(sink)
         raise
     code, cpu, rss = stop_sink(sink)
     lake = lake_figures(tmp)

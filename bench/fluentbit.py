@@ -122,8 +122,7 @@ def to_sink(items: Sequence[Item], timeout: float) -> dict[str, Any]:
         _wait(acked, [sender, sink], timeout, tmp / "fluent-bit.log")
         acked_at = time.time()
     except BaseException:
-        sink.kill()
-        sink.wait()
+        e2e.kill_sink(sink)
         _stop(sender)
         raise
     code, cpu, rss = e2e.stop_sink(sink)

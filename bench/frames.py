@@ -76,7 +76,7 @@ def send_frames(port: int, frames: Sequence[Frame], rate: float | None = None, t
                     time.sleep(delay)
             sent = time.perf_counter_ns()
             sock.sendall(frame.data)
-            _await_ack(sock, unpacker, frame.token)
+            await_ack(sock, unpacker, frame.token)
             report.latencies_ns.append(time.perf_counter_ns() - sent)
             report.wire_bytes += len(frame.data)
             report.records += frame.records
@@ -84,7 +84,7 @@ def send_frames(port: int, frames: Sequence[Frame], rate: float | None = None, t
     return report
 
 
-def _await_ack(sock: socket.socket, unpacker: msgpack.Unpacker, token: str) -> None:
+def await_ack(sock: socket.socket, unpacker: msgpack.Unpacker, token: str) -> None:
     while True:
         for reply in unpacker:
             if not isinstance(reply, dict) or reply.get("ack") != token:
