@@ -68,8 +68,17 @@ def _acked_per_sec(f: dict[str, Any]) -> int | None:
 
 def _e2e_row(name: str, f: dict[str, Any]) -> list[Any]:
     counts = f"{f['rows_in_lake']:,}+{f['dead_letters']:,}={f['records']:,}" + ("" if f["counts_ok"] else " MISMATCH")
-    return [name, f["records_per_sec"], _acked_per_sec(f), f["sink_cpu_secs_per_million"], f["sink_peak_rss_mb"],
-            f.get("ack_p50_ms"), f.get("ack_p99_ms"), f.get("parquet_over_wire"), counts]
+    return [
+        name,
+        f["records_per_sec"],
+        _acked_per_sec(f),
+        f["sink_cpu_secs_per_million"],
+        f["sink_peak_rss_mb"],
+        f.get("ack_p50_ms"),
+        f.get("ack_p99_ms"),
+        f.get("parquet_over_wire"),
+        counts,
+    ]
 
 
 def _stage_row(name: str, f: dict[str, Any], note: str = "") -> list[Any]:
@@ -96,44 +105,87 @@ def table(result: dict[str, Any]) -> str:
         e2e_rows.append(_e2e_row(f"mixed paced at {paced['paced_records_per_sec']:,.0f}/s", paced))
     if "raw_no_raw_data" in result:
         e2e_rows.append(_e2e_row("raw, raw_data: false", result["raw_no_raw_data"]))
-    out += _rows(["mix", "records/s", "acked/s", "CPU-s/M", "RSS MB", "ack p50 ms", "ack p99 ms", "parquet/wire",
-                  "rows+dead=sent"], e2e_rows)
+    out += _rows(
+        [
+            "mix",
+            "records/s",
+            "acked/s",
+            "CPU-s/M",
+            "RSS MB",
+            "ack p50 ms",
+            "ack p99 ms",
+            "parquet/wire",
+            "rows+dead=sent",
+        ],
+        e2e_rows,
+    )
     stages, floor = result["stages"], result["floor"]
     out += ["", "Stages in process, on the mixed records"]
-    out += _rows(["stage", "records", "records/s", "per CPU-s", "notes"], [
-        _stage_row("decode (forward_codec)", stages["decode"], f"{stages['decode']['chunks']} chunks"),
-        _stage_row("map (Mapper.map_chunks)", stages["map"],
-                   f"{stages['map']['mapped']:,} mapped, {stages['map']['dead_letters']:,} dead letters"),
-        _stage_row("validate (ocsf/validate)", stages["validate"], f"{stages['validate']['failed']} failed"),
-        _stage_row("encode (encode_parquet)", stages["encode"],
-                   f"{stages['encode']['objects']} objects, {stages['encode']['parquet_bytes']:,} bytes"),
-        _stage_row("floor: msgpack+arrow+parquet", floor,
-                   f"arrow types: {floor['arrow']['inferred_tags']} tags inferred, "
-                   f"{floor['arrow']['string_tags']} all-string"),
-    ])
+    out += _rows(
+        ["stage", "records", "records/s", "per CPU-s", "notes"],
+        [
+            _stage_row("decode (forward_codec)", stages["decode"], f"{stages['decode']['chunks']} chunks"),
+            _stage_row(
+                "map (Mapper.map_chunks)",
+                stages["map"],
+                f"{stages['map']['mapped']:,} mapped, {stages['map']['dead_letters']:,} dead letters",
+            ),
+            _stage_row("validate (ocsf/validate)", stages["validate"], f"{stages['validate']['failed']} failed"),
+            _stage_row(
+                "encode (encode_parquet)",
+                stages["encode"],
+                f"{stages['encode']['objects']} objects, {stages['encode']['parquet_bytes']:,} bytes",
+            ),
+            _stage_row(
+                "floor: msgpack+arrow+parquet",
+                floor,
+                f"arrow types: {floor['arrow']['inferred_tags']} tags inferred, "
+                f"{floor['arrow']['string_tags']} all-string",
+            ),
+        ],
+    )
     out.append(f"end to end (mixed) / floor: {result['e2e_over_floor']:.3f}")
     out += ["", "Each built-in rule in process, on its fixtures"]
-    out += _rows(["rule", "records/s", "per CPU-s", "mapped", "dead"], [
-        [rule, f["records_per_sec"], f["records_per_cpu_sec"], f["mapped"], f["dead_letters"]]
-        for rule, f in stages["map_rules"].items()
-    ])
+    out += _rows(
+        ["rule", "records/s", "per CPU-s", "mapped", "dead"],
+        [
+            [rule, f["records_per_sec"], f["records_per_cpu_sec"], f["mapped"], f["dead_letters"]]
+            for rule, f in stages["map_rules"].items()
+        ],
+    )
     out += ["", "Fluent Bit as the sender (tail of generated files, forward with Require_ack_response On)"]
     fb = result["fluent_bit"]
     if "skipped" in fb:
         out.append(f"skipped ({fb['skipped']})")
     else:
         sink, base = fb["to_sink"], fb["baseline"]
-        out += _rows(["run", "records/s", "acked/s", "CPU-s/M", "RSS MB", "rows+dead=sent"], [
-            ["fluent-bit -> sink (to last object)", sink["records_per_sec"], _acked_per_sec(sink),
-             sink["sink_cpu_secs_per_million"], sink["sink_peak_rss_mb"],
-             f"{sink['rows_in_lake']:,}+{sink['dead_letters']:,}={sink['records']:,}"
-             + ("" if sink["counts_ok"] else " MISMATCH")],
-            ["fluent-bit -> fluent-bit (null output)", base["records_per_sec"], base["records_per_sec"],
-             None, None, "-"],
-        ])
+        out += _rows(
+            ["run", "records/s", "acked/s", "CPU-s/M", "RSS MB", "rows+dead=sent"],
+            [
+                [
+                    "fluent-bit -> sink (to last object)",
+                    sink["records_per_sec"],
+                    _acked_per_sec(sink),
+                    sink["sink_cpu_secs_per_million"],
+                    sink["sink_peak_rss_mb"],
+                    f"{sink['rows_in_lake']:,}+{sink['dead_letters']:,}={sink['records']:,}"
+                    + ("" if sink["counts_ok"] else " MISMATCH"),
+                ],
+                [
+                    "fluent-bit -> fluent-bit (null output)",
+                    base["records_per_sec"],
+                    base["records_per_sec"],
+                    None,
+                    None,
+                    "-",
+                ],
+            ],
+        )
         acked = _acked_per_sec(sink)
-        out.append(f"sink / baseline: {fb['sink_over_baseline']:.3f} to the last object, "
-                   f"{(acked or 0) / base['records_per_sec']:.3f} acked")
+        out.append(
+            f"sink / baseline: {fb['sink_over_baseline']:.3f} to the last object, "
+            f"{(acked or 0) / base['records_per_sec']:.3f} acked"
+        )
     failed = [name for name, ok in result["checks"].items() if not ok]
     out += ["", "checks: all passed" if not failed else f"checks FAILED: {', '.join(failed)}"]
     return "\n".join(out)

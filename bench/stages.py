@@ -19,11 +19,12 @@ import pyarrow.parquet as pq
 import map_rules
 from frames import Frame
 from records import MAPPINGS
+from securitylake_sink.columnar import widen_batch
 from securitylake_sink.encode.parquet import encode_parquet
 from securitylake_sink.mapping.mapper import MappedBatch, Mapper
 from securitylake_sink.mapping.route import builtin_rule_names
 from securitylake_sink.model import Chunk
-from securitylake_sink.ocsf.schema import load_schema
+from securitylake_sink.ocsf.schema import OcsfSchema, load_schema
 from securitylake_sink.ocsf.validate import validate
 from securitylake_sink.sources.forward_codec import MAX_READ_BYTES, FrameReader, decode_frame
 
@@ -70,12 +71,15 @@ def decode(frames: Sequence[Frame]) -> list[Chunk]:
     return chunks
 
 
-def _tables(batches: Iterable[MappedBatch]) -> list[pa.Table]:
-    """One table per class, as one flush writes one object per class."""
+def _tables(batches: Iterable[MappedBatch], schema: OcsfSchema) -> list[pa.Table]:
+    """One table per class in its full schema, as one flush writes one object per class."""
     by_class: dict[int, list[pa.RecordBatch]] = defaultdict(list)
     for mapped in batches:
         by_class[mapped.class_uid].append(mapped.batch)
-    return [pa.Table.from_batches(pieces) for pieces in by_class.values()]
+    return [
+        pa.concat_tables([widen_batch(piece, schema.arrow_schema(class_uid)) for piece in pieces])
+        for class_uid, pieces in by_class.items()
+    ]
 
 
 def pipeline(frames: Sequence[Frame], rule_records: int, rule_rounds: int) -> dict[str, Any]:
@@ -88,14 +92,18 @@ def pipeline(frames: Sequence[Frame], rule_records: int, rule_rounds: int) -> di
         lambda: [validate(b.batch, schema, b.class_uid) for b in result.batches],
         lambda vs: sum(len(v.bad) for v in vs),
     )
-    tables = _tables(result.batches)
+    tables = _tables(result.batches, schema)
     encoded, encoding = timed(lambda: [encode_parquet(t) for t in tables], lambda _: sum(t.num_rows for t in tables))
     rules = {}
     for rule in builtin_rule_names():
         if (map_rules.FIXTURES / f"{rule}.input.ndjson").exists():
             rate, cpu_rate, mapped, dead = map_rules.bench(rule, rule_records, rule_rounds)
-            rules[rule] = {"records_per_sec": round(rate), "records_per_cpu_sec": round(cpu_rate),
-                           "mapped": mapped, "dead_letters": dead}
+            rules[rule] = {
+                "records_per_sec": round(rate),
+                "records_per_cpu_sec": round(cpu_rate),
+                "mapped": mapped,
+                "dead_letters": dead,
+            }
     return {
         "decode": decoding.figures(chunks=len(chunks)),
         "map": mapping.figures(mapped=result.mapped, dead_letters=len(result.dead)),
@@ -137,8 +145,9 @@ def floor(frames: Sequence[Frame]) -> dict[str, Any]:
     by_tag, decoding = timed(lambda: _plain_decode(frames), lambda d: sum(len(v) for v in d.values()))
     built, building = timed(lambda: [_table(rs) for rs in by_tag.values()], lambda ts: sum(t.num_rows for t, _ in ts))
     sizes, writing = timed(lambda: [_write(t) for t, _ in built], lambda _: building.records)
-    total = Timing(decoding.records, decoding.wall + building.wall + writing.wall,
-                   decoding.cpu + building.cpu + writing.cpu)
+    total = Timing(
+        decoding.records, decoding.wall + building.wall + writing.wall, decoding.cpu + building.cpu + writing.cpu
+    )
     return total.figures(
         decode=decoding.figures(),
         arrow=building.figures(inferred_tags=sum(ok for _, ok in built), string_tags=sum(not ok for _, ok in built)),

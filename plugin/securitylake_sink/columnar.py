@@ -1,14 +1,25 @@
 """Arrow helpers for the wide class schemas (hundreds of mostly-null leaf columns): cached
 all-null arrays, pruning a batch to the columns that hold values, and widening it back.
 
-A batch of a class schema is kept and moved around pruned (batch files, sorting) and widened
-to the full schema only when an object is written, with all-null columns as slices of one
+A batch of a class schema is built pruned (the mapper assembles only the columns a rule
+assigned), kept and moved around pruned (validation, batch files, sorting) and widened to the
+full schema only when an object is written, with all-null columns as slices of one
 cached array each, which share their buffers.
 """
 
 from __future__ import annotations
 
-__all__ = ["is_ascending", "nulls", "prune", "prune_batch", "pruned_type", "union_type", "widen", "widen_batch"]
+__all__ = [
+    "is_ascending",
+    "is_pruning",
+    "nulls",
+    "prune",
+    "prune_batch",
+    "pruned_type",
+    "union_type",
+    "widen",
+    "widen_batch",
+]
 
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -176,6 +187,13 @@ def union_type(full: pa.DataType, types: Iterable[pa.DataType]) -> pa.DataType:
     if pa.types.is_list(full) and pa.types.is_struct(full.value_type):
         return pa.list_(union_type(full.value_type, [t.value_type for t in types]))
     return full
+
+
+def is_pruning(t: pa.DataType | pa.Schema, full: pa.DataType | pa.Schema) -> bool:
+    """Whether ``t`` is ``full`` with some struct fields (at any depth) left out: the fields it
+    keeps are in ``full``'s order, with ``full``'s leaf types."""
+    as_struct = [pa.struct(list(x)) if isinstance(x, pa.Schema) else x for x in (t, full)]
+    return bool(union_type(as_struct[1], [as_struct[0]]) == as_struct[0])
 
 
 def is_ascending(values: pa.ChunkedArray | pa.Array) -> bool:

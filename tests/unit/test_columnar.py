@@ -7,7 +7,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from securitylake_sink.columnar import nulls, prune_batch, pruned_type, union_type, widen_batch
+from securitylake_sink.columnar import is_pruning, nulls, prune_batch, pruned_type, union_type, widen_batch
 from securitylake_sink.ocsf.conform import conform_event
 from securitylake_sink.ocsf.schema import load_schema
 from securitylake_sink.spool.batchfile import FRAME_POS, ROWS, BatchFile, BatchHeader
@@ -69,6 +69,16 @@ def test_union_of_prunings_takes_every_field_of_each() -> None:
     names = {f.name for f in union}
     assert names == {f.name for f in one} | {f.name for f in two}
     assert [f.name for f in union] == [f.name for f in full if f.name in names]  # class order kept
+
+
+def test_is_pruning_accepts_left_out_fields_only() -> None:
+    pruned = prune_batch(pa.RecordBatch.from_pylist([conform_event(e, HTTP) for e in _events()], schema=HTTP)).schema
+    assert is_pruning(pruned, HTTP)
+    assert is_pruning(HTTP, HTTP)
+    # a field in another order, of another type, or not in the class is not a pruning
+    assert not is_pruning(pa.schema(list(reversed(list(pruned)))), HTTP)
+    assert not is_pruning(pruned.set(pruned.get_field_index("time"), pa.field("time", pa.string())), HTTP)
+    assert not is_pruning(pruned.append(pa.field("zzz", pa.string())), HTTP)
 
 
 def test_nulls_are_slices_of_one_cached_array() -> None:

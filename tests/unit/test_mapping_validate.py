@@ -10,6 +10,7 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
+from securitylake_sink.columnar import is_pruning, prune_batch
 from securitylake_sink.mapping.mapper import Mapper
 from securitylake_sink.mapping.passthrough import map_ocsf
 from securitylake_sink.mapping.route import builtin_rule_names
@@ -57,9 +58,9 @@ def test_every_event_from_every_fixture_validates(rule: str, version: str) -> No
     assert outcome.mapped
     for _, rows in outcome.mapped:
         verdict = validate(rows.batch, schema, rows.class_uid)
-        # THEN no row has a problem, and the batch is in the class's fixed schema
+        # THEN no row has a problem, and the batch is in a pruning of the class's fixed schema
         assert verdict.ok, verdict.reasons
-        assert rows.batch.schema == schema.arrow_schema(rows.class_uid)
+        assert is_pruning(rows.batch.schema, schema.arrow_schema(rows.class_uid))
     # AND what failed, failed for declining, or is a record the fixture expects to be dead-lettered
     # as invalid (a Process Activity record that names no device: auditd, sudo)
     expected = [json.loads(line) for line in (FIXTURES / f"{rule}.expected.ndjson").read_text().splitlines()]
@@ -133,13 +134,28 @@ def test_objects_meeting_their_constraints_pass(event: dict[str, Any]) -> None:
     assert validate(_batch(event), load_schema("1.1.0"), 3002).ok
 
 
+@pytest.mark.parametrize("pruned", [False, True], ids=["full", "pruned"])
 @pytest.mark.parametrize(("event", "reason"), CASES)
-def test_a_broken_row_is_caught_with_its_reason_and_only_that_row(event: dict[str, Any], reason: str) -> None:
-    # GIVEN a good event, a broken one and another good one
-    verdict = validate(_batch(_auth(), event, _auth()), load_schema("1.1.0"), 3002)
+def test_a_broken_row_is_caught_with_its_reason_and_only_that_row(
+    event: dict[str, Any], reason: str, pruned: bool
+) -> None:
+    # GIVEN a good event, a broken one and another good one, in the class schema or pruned to
+    # the columns that hold a value (as the mapper hands batches on)
+    batch = _batch(_auth(), event, _auth())
+    verdict = validate(prune_batch(batch) if pruned else batch, load_schema("1.1.0"), 3002)
     # THEN only the broken row fails, and its reason names the attribute
     assert verdict.bad.to_pylist() == [False, True, False]
     assert reason in verdict.reasons[1]
+
+
+def test_a_required_attribute_pruned_away_on_every_row_fails_every_row() -> None:
+    # GIVEN two events without a user: pruned, the batch has no user column at all
+    batch = prune_batch(_batch(_auth(user=None), _auth(user=None)))
+    assert "user" not in batch.schema.names
+    # WHEN validated; THEN both rows miss the required attribute
+    verdict = validate(batch, load_schema("1.1.0"), 3002)
+    assert verdict.bad.to_pylist() == [True, True]
+    assert all("user: required attribute is missing" in why for why in verdict.reasons.values())
 
 
 def test_other_with_its_own_activity_name_is_valid() -> None:

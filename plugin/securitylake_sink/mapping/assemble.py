@@ -1,5 +1,8 @@
-"""Building a class's struct columns directly from the columns a rule produced, keyed by OCSF
-path: assigned paths take their arrays, everything else is null of its fixed type."""
+"""Building a class's columns directly from the columns a rule produced, keyed by OCSF path.
+
+``assemble`` builds a batch pruned to the assigned paths (and the structs holding them), in the
+class schema's order: the absent columns are null on every row, and ``columnar.widen_batch`` adds
+them back when an object is written. ``struct_of`` builds a struct at its full type."""
 
 from __future__ import annotations
 
@@ -69,18 +72,48 @@ def struct_of(
     inner = prefixes_of(values) if inner is None else inner
     fields = list(t)
     children = [_column(f.type, (*base, f.name), values, inner, n) for f in fields]
+    return pa.StructArray.from_arrays(children, fields=fields, mask=_empty(children, n))
+
+
+def _given(
+    t: pa.DataType, path: AttrPath, values: Mapping[AttrPath, pa.Array], inner: frozenset[AttrPath], n: int
+) -> pa.Array | None:
+    given = values.get(path)
+    if given is not None:
+        return given if given.type == t else given.cast(t)
+    if path not in inner or not pa.types.is_struct(t):
+        return None
+    children, fields = [], []
+    for f in t:
+        child = _given(f.type, (*path, f.name), values, inner, n)
+        if child is not None:
+            children.append(child)
+            fields.append(pa.field(f.name, child.type, nullable=f.nullable))
+    if not children:
+        return None
+    return pa.StructArray.from_arrays(children, fields=fields, mask=_empty(children, n))
+
+
+def _empty(children: list[pa.Array], n: int) -> pa.Array:
+    """Rows where every one of ``children`` is null: there the struct is null."""
     empty = None
     for child in children:
         if child.null_count == n:
             continue
         empty = pc.is_null(child) if empty is None else pc.and_(empty, pc.is_null(child))
-    mask = pa.repeat(pa.scalar(True), n) if empty is None else empty
-    return pa.StructArray.from_arrays(children, fields=fields, mask=mask)
+    return constant(True, pa.bool_(), n) if empty is None else empty
 
 
 def assemble(schema: pa.Schema, values: Mapping[AttrPath, pa.Array], n: int) -> pa.RecordBatch:
-    """A record batch in ``schema`` from columns keyed by attribute path."""
+    """A record batch of the columns in ``values`` (keyed by attribute path, each of its type in
+    ``schema``), in the pruning of ``schema`` to those paths; paths not in ``schema`` are ignored."""
     inner = prefixes_of(values)
-    columns = [_column(f.type, (f.name,), values, inner, n) for f in schema]
-    return pa.RecordBatch.from_arrays(columns, schema=schema)
-
+    columns, fields = [], []
+    for f in schema:
+        column = _given(f.type, (f.name,), values, inner, n)
+        if column is not None:
+            columns.append(column)
+            fields.append(pa.field(f.name, column.type, nullable=f.nullable))
+    if not columns:  # keep the row count
+        return pa.RecordBatch.from_arrays([nulls(pa.null(), n)], names=[schema.field(0).name])
+    return pa.RecordBatch.from_arrays(columns, schema=pa.schema(fields))

@@ -28,7 +28,9 @@ PRODUCT = {"name": "securitylake-sink", "vendor_name": "securitylake-sink", "ver
 
 @dataclass(frozen=True)
 class ClassRows:
-    """Events of one class, in the class's Arrow schema, and the input rows they came from."""
+    """Events of one class, in a pruning of the class's Arrow schema (the columns and struct
+    fields left out are null on every row; ``columnar.widen_batch`` restores them), and the input
+    rows they came from."""
 
     class_uid: int
     batch: pa.RecordBatch

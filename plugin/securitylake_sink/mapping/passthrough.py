@@ -13,7 +13,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from securitylake_sink.columnar import nulls, prune_batch, pruned_type, widen, widen_batch
+from securitylake_sink.columnar import nulls, pruned_type
 from securitylake_sink.errors import MappingError, SchemaError
 from securitylake_sink.mapping.engine import PRODUCT, ClassRows, Outcome
 from securitylake_sink.ocsf.conform import MILLIS_BELOW, SECONDS_BELOW, conform_event, is_time, to_epoch_ms
@@ -131,17 +131,14 @@ def _narrow(events: list[dict[str, Any]], arrow_schema: pa.Schema) -> tuple[pa.S
 def _to_batch(
     events: list[dict[str, Any]], arrow_schema: pa.Schema, narrow: pa.StructArray | None = None
 ) -> pa.RecordBatch:
-    """Events as a record batch of the class: converted with only the fields they hold, then
-    widened to the full schema."""
+    """Events as a record batch in a pruning of the class schema: converted with only the fields
+    they hold (see ``columnar``)."""
     if narrow is None:
         pruned = pruned_type(pa.struct(list(arrow_schema)), events)
         narrow = pa.array(events, type=pruned) if pruned.num_fields else None
-    given = set() if narrow is None else {narrow.type.field(i).name for i in range(narrow.type.num_fields)}
-    columns = [
-        widen(narrow.field(f.name), f.type) if narrow is not None and f.name in given else nulls(f.type, len(events))
-        for f in arrow_schema
-    ]
-    return pa.RecordBatch.from_arrays(columns, schema=arrow_schema)
+    if narrow is None:  # keep the row count
+        return pa.RecordBatch.from_arrays([nulls(pa.null(), len(events))], names=[arrow_schema.field(0).name])
+    return pa.RecordBatch.from_struct_array(narrow)
 
 
 def _conformed(
@@ -190,8 +187,6 @@ def map_ocsf(records: Sequence[Mapping[str, Any]], ref_ms: Sequence[int], schema
             good = pc.invert(verdict.bad)
             if not pc.any(good).as_py():
                 continue
-            # filtering the few columns that hold values beats filtering every struct of the class
-            narrow = prune_batch(batch).filter(good)
-            batch, picked = widen_batch(narrow, batch.schema).to_batches()[0], picked.filter(good)
+            batch, picked = batch.filter(good), picked.filter(good)
         outcome.mapped.append(ClassRows(class_uid, batch, picked))
     return outcome

@@ -93,30 +93,52 @@ class _Checker:
             self.fails.append((rows, message, values))
 
     def walk(
-        self, arrays: Mapping[str, pa.Array], attrs: Attrs, rows: pa.Array, present: pa.Array | None, label: str
+        self,
+        arrays: Mapping[str, pa.Array],
+        attrs: Attrs,
+        rows: pa.Array,
+        present: pa.Array | None,
+        label: str,
+        *,
+        full: pa.Schema | pa.StructType,
     ) -> None:
-        """Check the fields of one object (or the event) on the rows where it is ``present``."""
+        """Check the fields of one object (or the event) on the rows where it is ``present``;
+        ``full`` is its type in the class schema (``arrays`` may be a pruning of it)."""
         for name, attr in attrs.items():
             column = arrays.get(name)
             where = f"{label}.{name}" if label else name
-            # An attribute cut from the Arrow schema (objects nest 3 deep) cannot be checked. A
-            # profile's attribute is required only with its profile: its values are still checked.
+            # An attribute cut from the Arrow schema (objects nest 3 deep) cannot be checked; one
+            # pruned away is null on every row. A profile's attribute is required only with its
+            # profile: its values are still checked.
             required = attr.get("requirement") == "required" and not attr.get("profile")
-            if required and column is not None and column.null_count:
+            if column is None:
+                if required and full.get_field_index(name) >= 0:
+                    missing = rows if present is None else rows.filter(present)
+                    self.fail(missing, f"{where}: required attribute is missing")
+                continue
+            if required and column.null_count:
                 missing = pc.is_null(column) if present is None else pc.and_(present, pc.is_null(column))
                 self.fail(rows.filter(missing), f"{where}: required attribute is missing")
-            if column is None or column.null_count == len(column):
+            if column.null_count == len(column):
                 continue
-            self.value(column, attr, rows, present, where)
+            index = full.get_field_index(name)
+            self.value(column, attr, rows, present, where, full=full.field(index).type if index >= 0 else column.type)
 
     def value(
-        self, column: pa.Array, attr: Mapping[str, Any], rows: pa.Array, present: pa.Array | None, where: str
+        self,
+        column: pa.Array,
+        attr: Mapping[str, Any],
+        rows: pa.Array,
+        present: pa.Array | None,
+        where: str,
+        *,
+        full: pa.DataType,
     ) -> None:
         t = column.type
         if pa.types.is_list(t):
             parents = pc.list_parent_indices(column)
             inner = None if present is None else present.take(parents)
-            self.value(pc.list_flatten(column), attr, rows.take(parents), inner, f"{where}[]")
+            self.value(pc.list_flatten(column), attr, rows.take(parents), inner, f"{where}[]", full=full.value_type)
             return
         if pa.types.is_struct(t) and attr.get("type") == "object_t":
             valid = pc.is_valid(column) if column.null_count else None
@@ -125,7 +147,7 @@ class _Checker:
             given = column.flatten() if column.null_count else [column.field(i) for i in range(t.num_fields)]
             children = {t.field(i).name: given[i] for i in range(t.num_fields)}
             name = str(attr.get("object_type", ""))
-            self.walk(children, object_attributes(self.schema, name), rows, inner, where)
+            self.walk(children, object_attributes(self.schema, name), rows, inner, where, full=full)
             self.constraints(children, object_constraints(self.schema, name), rows, inner, where)
             return
         keys = _int_keys(attr)
@@ -236,12 +258,13 @@ def _consistency(checker: _Checker, batch: pa.RecordBatch, class_uid: int, rows:
 
 
 def validate(batch: pa.RecordBatch, schema: OcsfSchema, class_uid: int) -> Verdict:
-    """Check every row of ``batch`` (in the class's Arrow schema) against OCSF ``schema``."""
+    """Check every row of ``batch`` (in the class's Arrow schema, or a pruning of it: a column or
+    field left out is null on every row) against OCSF ``schema``."""
     n = batch.num_rows
     checker = _Checker(schema, n)
     rows = pa.array(range(n), ROW)
     info = schema.class_info(class_uid)
     arrays = {f.name: batch.column(i) for i, f in enumerate(batch.schema)}
-    checker.walk(arrays, info.attributes, rows, None, "")
+    checker.walk(arrays, info.attributes, rows, None, "", full=schema.arrow_schema(class_uid))
     _consistency(checker, batch, class_uid, rows)
     return checker.verdict()

@@ -100,7 +100,6 @@ log = logging.getLogger("securitylake_sink.spool")
 DECODED_EXPANSION = 5
 
 
-
 def _cache_weight(chunk: Chunk) -> int:
     """What a chunk kept in the log's cache takes in memory: its bytes, or several times that
     once its records are built."""
@@ -143,9 +142,7 @@ def encode_chunk(chunk: Chunk) -> bytes:
     """``[kind, received_ns, raw, tag, meta, token]`` as msgpack (token: bytes or nil)."""
     token = None if chunk.token is None else token_bytes(chunk.token)
     return bytes(
-        msgpack.packb(
-            [chunk.kind, chunk.received_ns, chunk.raw, chunk.tag, dict(chunk.meta), token], use_bin_type=True
-        )
+        msgpack.packb([chunk.kind, chunk.received_ns, chunk.raw, chunk.tag, dict(chunk.meta), token], use_bin_type=True)
     )
 
 
