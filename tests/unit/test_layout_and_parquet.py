@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from securitylake_sink.encode.parquet import encode_parquet
+from securitylake_sink.encode.parquet import encode_parquet, leaf_columns
 from securitylake_sink.lake.layout import event_day, object_key, uuid7
 from securitylake_sink.ocsf.schema import load_schema
 
@@ -74,12 +74,17 @@ def test_uuid7_has_version_variant_and_sorts_by_time() -> None:
     assert len({uuid7(5).hex for _ in range(1000)}) == 1000
 
 
-def test_parquet_rows_sorted_by_time_with_zstd_and_small_pages() -> None:
+def test_parquet_rows_sorted_by_time_zstd_for_columns_with_values() -> None:
     # GIVEN an authentication table in the fixed class schema, out of time order
     schema = load_schema().arrow_schema(3002)
     times = [1_700_000_003_000, 1_700_000_001_000, 1_700_000_002_000]
     table = pa.Table.from_pylist(
-        [{"class_uid": 3002, "time": t, "user": {"name": f"u{t}"}} for t in times], schema=schema
+        [
+            {"class_uid": 3002, "time": t, "user": {"name": f"u{t}"}, "observables": [{"name": "n", "type_id": 1}]}
+            | ({"device": {"hostname": "h", "type_id": 0}} if t == times[0] else {})
+            for t in times
+        ],
+        schema=schema,
     )
     # WHEN encoded
     data = encode_parquet(table)
@@ -89,14 +94,34 @@ def test_parquet_rows_sorted_by_time_with_zstd_and_small_pages() -> None:
     assert back.column("time").to_pylist() == sorted(times)
     assert [u["name"] for u in back.column("user").to_pylist()] == [f"u{t}" for t in sorted(times)]
     assert back.schema.equals(schema, check_metadata=False)
+    # AND columns that hold a value, sit in a list, or in an object present on some rows only
+    # (device) are zstd-compressed; the ones that are one run of nulls (top-level, or in an object
+    # present on every row) are written uncompressed
     meta = parquet.metadata
-    for i in range(meta.row_group(0).num_columns):
-        column = meta.row_group(0).column(i)
-        assert column.compression == "ZSTD"
+    codecs = {meta.row_group(0).column(i).path_in_schema: meta.row_group(0).column(i).compression
+              for i in range(meta.num_columns)}  # fmt: skip
+    uneven = {path for path in codecs if path.startswith(("observables.list.element.", "device."))}
+    assert {path for path, codec in codecs.items() if codec == "ZSTD"} == {"class_uid", "time", "user.name"} | uneven
+    assert codecs["message"] == codecs["user.uid"] == "UNCOMPRESSED"
+    assert codecs["device.ip"] == "ZSTD"
     assert back.schema.metadata[b"ocsf.class_uid"] == b"3002"
     assert back.schema.metadata[b"ocsf.version"] == b"1.1.0"
     # AND the types come from Parquet's own schema: no serialized Arrow schema in the footer
     assert b"ARROW:schema" not in (meta.metadata or {})
+
+
+@pytest.mark.parametrize("version", ["1.1.0", "1.8.0"])
+def test_leaf_columns_name_every_parquet_column_of_every_class_in_order(version: str) -> None:
+    # GIVEN an empty table of every class schema of a version
+    schema = load_schema(version)
+    for class_uid in schema.class_uids():
+        arrow_schema = schema.arrow_schema(class_uid)
+        table = arrow_schema.empty_table()
+        # WHEN its leaves are listed; THEN they are the Parquet file's column paths, in order
+        sink = io.BytesIO()
+        pq.write_table(table, sink)
+        written = pq.ParquetFile(io.BytesIO(sink.getvalue())).schema
+        assert list(leaf_columns(table)) == [written.column(i).path for i in range(len(written))], class_uid
 
 
 def test_uuid7s_of_one_process_strictly_increase_within_a_millisecond() -> None:
