@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import pyarrow as pa
 import pytest
 
@@ -158,6 +159,26 @@ def test_regex_steps_take_the_first_pattern_that_matches_and_kv_steps_take_quote
         "0",
         "/bin/sh",
     )
+
+
+def test_bytes_that_are_not_utf8_are_replaced_not_a_reason_to_dead_letter() -> None:
+    # GIVEN a forward frame whose line, an unused field and a nested unused field hold bytes that
+    # are not UTF-8 (Fluentd sends binary as str), next to a clean record
+    line = SSHD_LINE.encode().replace(b"erin", b"er\xffin")
+    packer = msgpack.Packer(unicode_errors="surrogateescape")
+    record = {"log": line.decode("utf-8", "surrogateescape"), "note": "a\udcfe", "meta": {"k": "b\udcfe"}}
+    raw = packer.pack(["host.a", [[int(T / 1000), record], [int(T / 1000), {"log": SSHD_LINE}]]])
+    chunk = scan_frame(raw, received_ns=T * 1_000_000)
+    assert chunk is not None
+    # WHEN mapped
+    result = Mapper(load_schema("1.1.0"), [("host.*", "sshd")]).map_chunks([chunk], lambda uid: "ext/auth/")
+    # THEN both land, the odd bytes replaced; nothing is dead-lettered
+    assert not result.dead
+    (batch,) = [b.batch for b in result.batches]
+    rows = batch.to_pylist()
+    assert [r["user"]["name"] for r in rows] == ["er?in", "erin"]
+    assert rows[0]["raw_data"] == SSHD_LINE.replace("erin", "er?in")
+    assert sorted(rows[0]["unmapped"]) == [("meta.k", "b?"), ("note", "a?")]
 
 
 def test_fields_a_rule_does_not_use_go_to_unmapped_and_the_line_to_raw_data() -> None:

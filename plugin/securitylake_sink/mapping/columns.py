@@ -14,7 +14,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from securitylake_sink.mapping.ops import text_of, to_array
+from securitylake_sink.mapping.ops import text_of, texts, to_array
 
 UNMAPPED_TYPE = pa.map_(pa.string(), pa.string())
 _LEAF: dict[str, Any] = {}
@@ -81,13 +81,25 @@ class UsedFields:
 
 
 def _flatten(value: Any, prefix: str, keys: list[str], values: list[str]) -> None:
-    if value.__class__ is dict or isinstance(value, Mapping):
+    cls = value.__class__  # exact types first: the ABC checks cost more than the work
+    if cls is str or cls is int or cls is float or cls is bool:
+        keys.append(prefix)
+        values.append(text_of(value))
+    elif cls is dict:
+        for key, item in value.items():
+            _flatten(item, f"{prefix}.{key}", keys, values)
+    elif cls is list:
+        for index, item in enumerate(value):
+            _flatten(item, f"{prefix}.{index}", keys, values)
+    elif value is None:
+        pass
+    elif isinstance(value, Mapping):
         for key, item in value.items():
             _flatten(item, f"{prefix}.{key}", keys, values)
     elif isinstance(value, list | tuple):
         for index, item in enumerate(value):
             _flatten(item, f"{prefix}.{index}", keys, values)
-    elif value is not None:
+    else:
         keys.append(prefix)
         values.append(text_of(value))
 
@@ -301,9 +313,7 @@ def _leftovers(
         _leftover(record, trie, "", (keys, values), whole if line_key is None else whole | {line_key})
         counts[row] = len(keys) - before
     offsets = pa.concat_arrays([pa.array([0], pa.int64()), pc.cumulative_sum(pa.array(counts, pa.int64()))])
-    return pa.MapArray.from_arrays(
-        pc.cast(offsets, pa.int32()), pa.array(keys, pa.string()), pa.array(values, pa.string())
-    )
+    return pa.MapArray.from_arrays(pc.cast(offsets, pa.int32()), texts(keys), texts(values))
 
 
 def pull_frame(
@@ -325,7 +335,7 @@ def pull_frame(
     walked: dict[tuple[str, ...], list[Any]] = {}
     pulled = {path: _column(records, path, shapes, walked) for path in used.paths}
     unmapped = _leftovers(records, lines, candidates, used, shapes)
-    line = pa.array(lines, pa.string()) if candidates else pa.nulls(n, pa.string())
+    line = texts(lines) if candidates else pa.nulls(n, pa.string())
     return Frame(n, tag, records, ref_ms, line, unmapped, pulled)
 
 

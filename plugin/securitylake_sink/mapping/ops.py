@@ -11,6 +11,7 @@ __all__ = [
     "lookup",
     "test",
     "text_of",
+    "texts",
     "to_array",
 ]
 
@@ -35,6 +36,9 @@ INT_LIMITS = {32: (-(2**31), 2**31 - 1), 64: (-(2**63), 2**63 - 1)}
 
 def text_of(value: Any) -> str:
     """A value as the text ``unmapped`` and string columns hold (JSON for objects and lists)."""
+    cls = value.__class__
+    if cls is int or cls is float:
+        return str(value)
     if isinstance(value, str):
         return value.encode("utf-8", "replace").decode("utf-8")
     if isinstance(value, bytes):
@@ -44,6 +48,15 @@ def text_of(value: Any) -> str:
     if isinstance(value, Mapping | list | tuple):
         return json.dumps(value, default=text_of, ensure_ascii=False, separators=(",", ":"))
     return str(value)
+
+
+def texts(values: Sequence[str | None]) -> pa.Array:
+    """Python strings as an Arrow string array. A string holding bytes that were not UTF-8 (the
+    decoders keep them as surrogate escapes) gets them replaced, as ``text_of`` does."""
+    try:
+        return pa.array(values, pa.string())
+    except UnicodeEncodeError:
+        return pa.array([None if v is None else text_of(v) for v in values], pa.string())
 
 
 def to_array(values: Sequence[Any]) -> pa.Array:
