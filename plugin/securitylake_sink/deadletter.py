@@ -50,11 +50,18 @@ UUID7_MS_SHIFT = 80
 GZIP_LEVEL = 6  # ndjson compresses about tenfold at this level; higher levels gain little
 
 
+def _utf8(text: str) -> str:
+    try:  # bytes that were not UTF-8, kept by the decoders as surrogate escapes: U+FFFD
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    except UnicodeEncodeError:  # a lone surrogate no decoder made (JSON "\ud800"): "?"
+        return text.encode("utf-8", "replace").decode("utf-8")
+
+
 def _json_safe(value: Any) -> Any:
     if isinstance(value, bytes):
         return {"$base64": base64.b64encode(value).decode()}
     if isinstance(value, str):
-        return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        return _utf8(value)
     if isinstance(value, dict):
         return {str(_json_safe(k)): _json_safe(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -161,9 +168,9 @@ class DeadLetterWriter:
                 self._open(day)
             line = {
                 "time": datetime.fromtimestamp(now, tz=UTC).isoformat(timespec="milliseconds"),
-                "tag": letter.tag,
+                "tag": _json_safe(letter.tag),
                 "rule": letter.rule,
-                "reason": letter.reason,
+                "reason": _json_safe(letter.reason),
                 "event_time_ns": letter.time_ns,
                 "spool_position": [position.segment, position.offset],
                 "record": _json_safe(letter.record),

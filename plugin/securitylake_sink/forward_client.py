@@ -24,7 +24,7 @@ def event_time(ns: int) -> msgpack.ExtType:
 
 def pack_entries(records: Iterable[tuple[int, Mapping[str, Any]]]) -> bytes:
     """Concatenated ``[EventTime, record]`` entries, as in a PackedForward frame."""
-    packer = msgpack.Packer(use_bin_type=True)
+    packer = msgpack.Packer(use_bin_type=True, unicode_errors="surrogateescape")
     return b"".join(packer.pack([event_time(ns), record]) for ns, record in records)
 
 
@@ -45,7 +45,7 @@ class ForwardClient:
         if self.compress:
             entries = gzip.compress(entries)
             options["compressed"] = "gzip"
-        frame = msgpack.packb([tag, entries, options], use_bin_type=True)
+        frame = msgpack.packb([tag, entries, options], use_bin_type=True, unicode_errors="surrogateescape")
         started = time.perf_counter_ns()
         self.sock.sendall(frame)
         while True:

@@ -1,5 +1,6 @@
 """A frame whose records only fail when they are built: acked, kept whole as one dead letter,
-through a crash and a restart, while the records around it land once."""
+through a crash and a restart, while the records around it land once. Bytes that are not UTF-8
+in a tag or a record: replaced where they land, never a reason to lose the record."""
 
 from __future__ import annotations
 
@@ -42,3 +43,25 @@ def test_an_array_map_key_is_acked_and_lands_whole_as_one_dead_letter(tmp_path: 
     assert str(letter["reason"]).startswith("input: the records could not be decoded")
     frame = base64.b64decode(letter["record"]["frame_base64"])  # type: ignore[index]
     assert frame.startswith(b"\x93\xa6host.b") and SSHD_LINE.encode() in frame
+
+
+def test_bytes_that_are_not_utf8_in_tag_and_records_are_replaced_where_they_land(tmp_path: Path) -> None:
+    port = free_port()
+    config = write_config(tmp_path, port, extra="mappings: [{match: 'host.*', rule: sshd}]\n")
+    now = time.time_ns()
+    # GIVEN a tag and records holding bytes that are not UTF-8 (Fluentd sends binary as str): an
+    # sshd line and an unused field, and a record no rule takes
+    odd = b"\xff".decode("utf-8", "surrogateescape")
+    sink = SinkProcess(config, port, tmp_path / "sink.log")
+    with ForwardClient("127.0.0.1", port, timeout=10) as client:
+        line = SSHD_LINE.replace("alice", f"al{odd}ice")
+        client.send(f"host.{odd}", [(now, {"log": line, "note": f"n{odd}"}), (now, {"other": f"x{odd}"})])
+    # WHEN the sink stops
+    assert sink.stop() == 0, sink.log()
+    # THEN the sshd record is in the lake with the byte replaced, and the other is a dead letter
+    (row,) = read_lake(tmp_path / "lake").to_pylist()
+    assert row["user"]["name"] == "al?ice"
+    assert dict(row["unmapped"])["note"] == "n?"
+    (letter,) = _letters(tmp_path / "spool")
+    assert (letter["tag"], letter["record"]) == ("host.\ufffd", {"other": "x\ufffd"})
+    assert "Traceback" not in sink.log()

@@ -35,6 +35,9 @@ scalars = st.one_of(
     st.integers(min_value=-(2**70), max_value=2**70),
     st.floats(allow_nan=True, allow_infinity=True),
     st.text(max_size=30),
+    # bytes that are not UTF-8, as the forward decoder keeps them (surrogate escapes)
+    st.binary(max_size=10).map(lambda b: b.decode("utf-8", "surrogateescape")),
+    st.sampled_from(["\ud800", "a\udbffb", "\udfff"]),  # lone surrogates, as JSON "\ud800" decodes
     st.binary(max_size=10),
 )
 values = st.recursive(
@@ -55,6 +58,7 @@ lines = st.sampled_from(
         "type=SYSCALL msg=audit(1.2:3): arch=c000003e syscall=59 success=yes pid=x exe=ZZ",
         '[INFO] 10.0.0.1:1 - 1 "A IN a. udp 1 false 1" NOERROR qr 1 1.0s',
         "<999>Foo 99 99:99:99 host app[1]: x",
+        "Mar 16 11:11:11 bastion-1 sshd[1]: Accepted password for er\udcffin from 198.51.100.9 port 1 ssh2",
         "",
     ]
 )

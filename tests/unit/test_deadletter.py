@@ -85,6 +85,20 @@ def test_local_writer_keeps_one_file_per_day_and_never_rotates(tmp_path: Path) -
     assert writer.take_closed() == []
 
 
+def test_text_that_is_not_utf8_is_written_replaced(tmp_path: Path) -> None:
+    # GIVEN records holding bytes that were not UTF-8 (a surrogate escape, as the forward decoder
+    # keeps them) and a lone surrogate (as JSON "\ud800" decodes), also in a key and in a list
+    records = [{"id": 1, "msg": "a\udcffb"}, {"id": 2, "msg": "c\ud800d", "k\udcfe": ["\ud801"]}]
+    writer = DeadLetterWriter(tmp_path)
+    # WHEN they are written as dead letters
+    writer.write([DeadLetter("app", "r", "why", r, None) for r in records], WalPosition(0, 10))
+    writer.close()
+    # THEN every line is valid UTF-8 JSON, the odd bytes replaced, nothing else changed
+    (path,) = tmp_path.iterdir()
+    got = [json.loads(line)["record"] for line in path.read_bytes().decode("utf-8").splitlines()]
+    assert got == [{"id": 1, "msg": "a\ufffdb"}, {"id": 2, "msg": "c?d", "k\ufffd": ["?"]}]
+
+
 def test_rotation_closes_the_file_at_its_size(tmp_path: Path) -> None:
     writer = DeadLetterWriter(tmp_path, Rotation(max_age_secs=3600, max_bytes=400))
     writer.write(letters(1), WalPosition(0, 1))

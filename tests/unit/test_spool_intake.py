@@ -12,7 +12,7 @@ import pytest
 
 from securitylake_sink.errors import Backpressure
 from securitylake_sink.model import Chunk
-from securitylake_sink.spool import Spool, decode_chunk
+from securitylake_sink.spool import Spool, decode_chunk, encode_chunk
 from securitylake_sink.spool.wal import SEGMENT_BYTES, WalPosition
 
 START = WalPosition(0, 0)
@@ -197,3 +197,15 @@ async def test_resends_are_acked_even_while_the_spool_is_full(tmp_path: Path) ->
         await spool.submit(chunk("c"))
     await spool.submit(chunk("a"))  # already durable: nothing to store
     spool.close()
+
+
+def test_a_tag_and_meta_holding_bytes_that_are_not_utf8_are_spooled_as_those_bytes() -> None:
+    # GIVEN a chunk whose tag and meta carry bytes that are not UTF-8 (decoded as surrogate escapes)
+    odd = b"\xff\xfe".decode("utf-8", "surrogateescape")
+    original = Chunk(kind="forward", tag=f"app.{odd}", entries=(), raw=b"r", received_ns=5, meta={"k": f"v{odd}"})
+    # WHEN written to the log and read back; THEN the same text comes back, and the log holds the
+    # bytes the shipper sent
+    payload = encode_chunk(original)
+    back = decode_chunk(payload)
+    assert (back.tag, dict(back.meta)) == (original.tag, {"k": f"v{odd}"})
+    assert b"app.\xff\xfe" in payload

@@ -336,7 +336,7 @@ def pull_frame(
     pulled = {path: _column(records, path, shapes, walked) for path in used.paths}
     unmapped = _leftovers(records, lines, candidates, used, shapes)
     line = texts(lines) if candidates else pa.nulls(n, pa.string())
-    return Frame(n, tag, records, ref_ms, line, unmapped, pulled)
+    return Frame(n, text_of(tag), records, ref_ms, line, unmapped, pulled)  # a tag is text in columns
 
 
 def merge_unmapped(base: pa.Array, extras: Iterable[tuple[str, pa.Array]]) -> pa.Array:

@@ -46,7 +46,8 @@ def text_of(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, Mapping | list | tuple):
-        return json.dumps(value, default=text_of, ensure_ascii=False, separators=(",", ":"))
+        text = json.dumps(value, default=text_of, ensure_ascii=False, separators=(",", ":"))
+        return text if text.isascii() else text.encode("utf-8", "replace").decode("utf-8")
     return str(value)
 
 

@@ -139,16 +139,16 @@ class SpooledChunk:
 
 
 def encode_chunk(chunk: Chunk) -> bytes:
-    """``[kind, received_ns, raw, tag, meta, token]`` as msgpack (token: bytes or nil)."""
+    """``[kind, received_ns, raw, tag, meta, token]`` as msgpack (token: bytes or nil). A tag or
+    meta value holding bytes that were not UTF-8 (surrogate escapes) is kept as those bytes."""
     token = None if chunk.token is None else token_bytes(chunk.token)
-    return bytes(
-        msgpack.packb([chunk.kind, chunk.received_ns, chunk.raw, chunk.tag, dict(chunk.meta), token], use_bin_type=True)
-    )
+    item = [chunk.kind, chunk.received_ns, chunk.raw, chunk.tag, dict(chunk.meta), token]
+    return bytes(msgpack.packb(item, use_bin_type=True, unicode_errors="surrogateescape"))
 
 
 def decode_chunk(payload: bytes | memoryview) -> SpooledChunk:
     """Read a log record's chunk, old 3- and 5-item ones included."""
-    item = msgpack.unpackb(payload, raw=False)
+    item = msgpack.unpackb(payload, raw=False, unicode_errors="surrogateescape")
     if not isinstance(item, list) or len(item) not in (3, 5, 6):
         raise SpoolCorrupt("a write-ahead log record is not a spooled chunk")
     if len(item) == 3:
