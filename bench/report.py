@@ -9,6 +9,8 @@ from typing import Any
 
 import pyarrow as pa
 
+from securitylake_sink.app import STEP_RECORDS
+
 
 def _proc_field(path: str, name: str) -> str | None:
     try:
@@ -129,6 +131,12 @@ def table(result: dict[str, Any]) -> str:
                 "map (Mapper.map_chunks)",
                 stages["map"],
                 f"{stages['map']['mapped']:,} mapped, {stages['map']['dead_letters']:,} dead letters",
+            ),
+            _stage_row(
+                "map in steps, tags spread",
+                stages["map_steps"],
+                f"{stages['map_steps']['steps']} steps of ≤ {STEP_RECORDS:,} records, "
+                f"{stages['map_steps']['tags']} tags",
             ),
             _stage_row("validate (ocsf/validate)", stages["validate"], f"{stages['validate']['failed']} failed"),
             _stage_row(

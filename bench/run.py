@@ -56,6 +56,9 @@ def checks(result: dict[str, Any]) -> dict[str, bool]:
     out["decode: every record"] = stage["decode"]["records"] == records
     out["map: mapped + dead letters == records"] = stage["map"]["mapped"] + stage["map"]["dead_letters"] == records
     out["map: rows mapped"] = stage["map"]["mapped"] > 0
+    out["map in steps, tags spread: the same rows"] = (
+        stage["map_steps"]["records"] == records and stage["map_steps"]["mapped"] == stage["map"]["mapped"]
+    )
     out["validate: rows checked"] = stage["validate"]["records"] == stage["map"]["mapped"]
     out["encode: objects written"] = stage["encode"]["objects"] > 0 and stage["encode"]["parquet_bytes"] > 0
     out["floor: every record written"] = floor["records"] == records and floor["parquet"]["parquet_bytes"] > 0

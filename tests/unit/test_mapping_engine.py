@@ -15,6 +15,7 @@ import pyarrow as pa
 import pytest
 
 from securitylake_sink.mapcli import event_json
+from securitylake_sink.mapping import route as route_module
 from securitylake_sink.mapping.columns import Frame
 from securitylake_sink.mapping.functions import register_function
 from securitylake_sink.mapping.mapper import Mapper
@@ -316,6 +317,73 @@ def test_a_chunk_whose_records_cannot_be_built_is_one_dead_letter_with_its_bytes
     assert letter.reason.startswith("input: the records could not be decoded")
     assert base64.b64decode(letter.record["frame_base64"]) == raw
     assert result.records == 2
+
+
+def test_tags_routed_alike_are_mapped_in_one_call_each_record_keeping_its_tag(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN one rule reached through two bindings, a rule of its own, and the drop fallback
+    rule = rule_file(
+        tmp_path,
+        """\
+        line: [log]
+        parse:
+          - {name: w, from: $line, regex: ['^(?P<word>ok) (?P<n>\\d+)$']}
+        where: {matched: w}
+        class_uid: 0
+        attributes:
+          message: $tag
+          status_code: $w.n
+        """,
+    )
+    mapper = Mapper(load_schema("1.1.0"), [("pod.*", rule), ("node.*", rule), ("host.*", "sshd")], "drop")
+    calls: list[int] = []
+    real = route_module.apply_rule
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(len(args[2]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(route_module, "apply_rule", counted)
+    # WHEN chunks of four tags arrive interleaved, some records declined by the rule
+    chunks = [
+        Chunk(
+            "forward", "pod.a", [Entry(None, {"log": "ok 1"}), Entry(None, {"log": "no"})], b"", received_ns=T * 10**6
+        ),
+        Chunk("forward", "host.x", [Entry(None, {"log": SSHD_LINE})], b"", received_ns=T * 10**6),
+        Chunk("forward", "node.b", [Entry(None, {"log": "ok 2"})], b"", received_ns=T * 10**6),
+        Chunk(
+            "forward", "pod.c", [Entry(None, {"log": "ok 3"}), Entry(None, {"log": "no"})], b"", received_ns=T * 10**6
+        ),
+    ]
+    result = mapper.map_chunks(chunks, lambda uid: "ext/x/")
+    # THEN the rule ran once over the records of its three tags, and sshd once
+    assert sorted(calls) == [1, 5]
+    # AND each event names its own tag ($tag, metadata.log_name), and drops count per tag
+    rows = [r for b in result.batches if b.class_uid == 0 for r in b.batch.to_pylist()]
+    assert sorted((r["message"], r["metadata"]["log_name"], r["status_code"]) for r in rows) == [
+        ("node.b", "node.b", "2"),
+        ("pod.a", "pod.a", "1"),
+        ("pod.c", "pod.c", "3"),
+    ]
+    assert result.dropped == {"pod.a": 1, "pod.c": 1}
+    assert (result.records, result.mapped, result.dead) == (6, 4, ())
+
+
+def test_a_rule_calling_python_sees_one_tag_per_frame(tmp_path: Path) -> None:
+    seen: list[tuple[str, int]] = []
+
+    @register_function("test_tagged")
+    def tagged(frame: Frame) -> Sequence[Any]:
+        seen.append((frame.tag, frame.n))
+        return [frame.tag] * frame.n
+
+    rule = rule_file(tmp_path, "class_uid: 0\nattributes:\n  message: {python: test_tagged}\n")
+    mapper = Mapper(load_schema("1.1.0"), [("a.*", rule)])
+    chunks = [Chunk("forward", tag, [Entry(None, {"w": 1})] * 2, b"", received_ns=T * 10**6) for tag in ("a.1", "a.2")]
+    result = mapper.map_chunks(chunks, lambda uid: "ext/x/")
+    assert sorted(seen) == [("a.1", 2), ("a.2", 2)]
+    assert sorted(r["message"] for b in result.batches for r in b.batch.to_pylist()) == ["a.1", "a.1", "a.2", "a.2"]
 
 
 def test_the_python_escape_hatch(tmp_path: Path) -> None:

@@ -134,7 +134,7 @@ class Frame:
     """Columns of ``n`` records for one rule: pulled fields, parse captures, and ``unmapped``."""
 
     n: int
-    tag: str
+    tag: str  # the records' tag (the first record's when they come from several tags)
     records: Sequence[Mapping[str, Any]]
     ref_ms: pa.Array  # the transport time of each record, epoch ms
     line: pa.Array  # the raw line of each record (null when it has none)
@@ -143,6 +143,7 @@ class Frame:
     arrays: dict[str, pa.Array] = field(default_factory=dict)
     captures: dict[str, pa.Array] = field(default_factory=dict)
     matched: dict[str, pa.Array] = field(default_factory=dict)
+    tags: pa.Array | None = None  # each record's tag, when they come from several tags
 
     def field(self, path: str) -> pa.Array:
         """The pulled field ``path`` as an Arrow array (converted once)."""
@@ -167,6 +168,7 @@ class Frame:
             pulled={p: () for p in self.pulled},
             captures={k: v.take(indices) for k, v in self.captures.items()},
             matched={k: v.take(indices) for k, v in self.matched.items()},
+            tags=None if self.tags is None else self.tags.take(indices),
         )
 
 
@@ -318,13 +320,14 @@ def _leftovers(
 
 def pull_frame(
     records: Sequence[Mapping[str, Any]],
-    tag: str,
+    tag: str | Sequence[str],
     ref_ms: pa.Array,
     used: UsedFields,
     *,
     decode_json: bool = False,
 ) -> Frame:
-    """Pull ``used.paths`` (one list per path) and the leftovers (``unmapped``) of ``records``."""
+    """Pull ``used.paths`` (one list per path) and the leftovers (``unmapped``) of ``records``;
+    ``tag`` is their tag, or each record's."""
     n = len(records)
     shapes = _Shapes(records)
     candidates = [k for k in used.line_fields if k in shapes.present]
@@ -336,7 +339,12 @@ def pull_frame(
     pulled = {path: _column(records, path, shapes, walked) for path in used.paths}
     unmapped = _leftovers(records, lines, candidates, used, shapes)
     line = texts(lines) if candidates else pa.nulls(n, pa.string())
-    return Frame(n, text_of(tag), records, ref_ms, line, unmapped, pulled)  # a tag is text in columns
+    # A tag is text in columns: bytes that were not UTF-8 are replaced, as in values.
+    if isinstance(tag, str):
+        return Frame(n, text_of(tag), records, ref_ms, line, unmapped, pulled)
+    tags = texts(tag)
+    first = tags[0].as_py() if n else ""
+    return Frame(n, first, records, ref_ms, line, unmapped, pulled, tags=tags)
 
 
 def merge_unmapped(base: pa.Array, extras: Iterable[tuple[str, pa.Array]]) -> pa.Array:

@@ -97,6 +97,7 @@ class CompiledRule:
     events: tuple[CompiledEvent, ...]
     used: UsedFields
     functions: Mapping[str, PythonFunction] = field(repr=False)
+    calls_python: bool = False  # names a registered Python function (it sees the frame's tag)
 
     @property
     def classes(self) -> tuple[int, ...]:
@@ -120,6 +121,7 @@ class _Compiler:
         self.functions = functions
         self.groups: dict[str, set[str]] = {}
         self.fields: dict[str, None] = {}
+        self.calls_python = False
 
     def fail(self, at: DocPath, message: str) -> RuleError:
         return self.rule.source.error(at, message)
@@ -187,6 +189,7 @@ class _Compiler:
         elif isinstance(spec, Items):
             self.items(spec, target, label)
         elif isinstance(spec, PyFunc):
+            self.calls_python = True
             if spec.name not in self.functions:
                 known = ", ".join(sorted(self.functions)) or "none"
                 raise self.fail(spec.at, f"no Python function is registered as {spec.name!r} (registered: {known})")
@@ -377,6 +380,7 @@ class _Compiler:
             events=events,
             used=UsedFields(tuple(self.fields), rule.line_fields),
             functions=dict(self.functions),
+            calls_python=self.calls_python,
         )
 
 

@@ -83,7 +83,10 @@ def _derive(
     if event.profiles and ("metadata", "profiles") not in values:
         fixed(("metadata", "profiles"), list(event.profiles), pa.list_(pa.string()))
     if ("metadata", "log_name") not in values:
-        fixed(("metadata", "log_name"), frame.tag, pa.string())
+        if frame.tags is None:
+            fixed(("metadata", "log_name"), frame.tag, pa.string())
+        else:
+            values[("metadata", "log_name")] = frame.tags
     if rule.raw_line and ("raw_data",) not in values:
         values[("raw_data",)] = frame.line
 
@@ -155,10 +158,11 @@ def apply_rule(
     rule: CompiledRule,
     schema: OcsfSchema,
     records: Sequence[Mapping[str, Any]],
-    tag: str,
+    tag: str | Sequence[str],
     ref_ms: pa.Array,
 ) -> Outcome:
-    """Map ``records`` (all of one tag) with ``rule``; ``ref_ms`` is each record's transport time."""
+    """Map ``records`` with ``rule``; ``tag`` is their tag (or each record's), ``ref_ms`` each
+    record's transport time."""
     outcome = Outcome()
     n = len(records)
     if n == 0:

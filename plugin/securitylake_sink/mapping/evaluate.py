@@ -191,7 +191,7 @@ class Evaluator:
         if name == "$line":
             return frame.line
         if name == "$tag":
-            return constant(frame.tag, pa.string(), frame.n)
+            return constant(frame.tag, pa.string(), frame.n) if frame.tags is None else frame.tags
         if name == "$time":
             return frame.ref_ms
         values = frame.captures[name[1:]] if name.startswith("$") else frame.field(name)

@@ -1,5 +1,6 @@
 """The escape hatch: Python functions a rule can name (``{python: <name>}``) for the rare value
-that cannot be declared. A function gets the frame and returns one value per record."""
+that cannot be declared. A function gets the frame (its records all have the tag ``frame.tag``)
+and returns one value per record."""
 
 from __future__ import annotations
 

@@ -1,11 +1,13 @@
 """The mapping stage: chunks in, per (source location, class) an Arrow record batch in the class
-schema out, plus dead letters and drop counts. Records of one tag are mapped together."""
+schema out, plus dead letters and drop counts. Records of the tags routed alike are mapped
+together."""
 
 from __future__ import annotations
 
 __all__ = ["MapResult", "MappedBatch", "Mapper"]
 
 import base64
+import itertools
 import logging
 import time
 from collections import defaultdict
@@ -25,6 +27,7 @@ from securitylake_sink.model import Chunk
 from securitylake_sink.ocsf.schema import OcsfSchema
 
 log = logging.getLogger("securitylake_sink.mapping")
+MAX_KEYS = 10_000  # tags whose routing key is remembered
 
 
 @dataclass(frozen=True)
@@ -90,20 +93,27 @@ class Mapper:
         self.base_event = rule("base_event") if fallback == "base_event" else None
         self.routing = Routing(self.bindings, schema, fallback, self.base_event)
         self._drop_logged: set[str] = set()
+        self._keys: dict[str, tuple[object, ...]] = {}
 
-    def map_records(self, tag: str, records: Sequence[Mapping[str, Any]], ref_ms: Sequence[int]) -> TagOutcome:
-        """Map the records of one tag; ``ref_ms`` is each record's transport time (epoch ms)."""
+    def map_records(
+        self, tag: str | Sequence[str], records: Sequence[Mapping[str, Any]], ref_ms: Sequence[int]
+    ) -> TagOutcome:
+        """Map records of one tag, or of several (``tag`` then lists each record's, and they share
+        one ``Routing.key``); ``ref_ms`` is each record's transport time (epoch ms)."""
         try:
             return route(tag, records, ref_ms, self.routing)
         except Exception:  # a record that trips a rule must not stop the pipeline (invariant 6)
-            log.exception("mapping a batch failed; mapping its records one by one", extra={"tag": tag})
+            shown = tag if isinstance(tag, str) else tag[0]
+            log.exception("mapping a batch failed; mapping its records one by one", extra={"tag": shown})
             return self._one_by_one(tag, records, ref_ms)
 
-    def _one_by_one(self, tag: str, records: Sequence[Mapping[str, Any]], ref_ms: Sequence[int]) -> TagOutcome:
+    def _one_by_one(
+        self, tag: str | Sequence[str], records: Sequence[Mapping[str, Any]], ref_ms: Sequence[int]
+    ) -> TagOutcome:
         out = TagOutcome()
         for i, (record, ms) in enumerate(zip(records, ref_ms, strict=True)):
             try:
-                one = route(tag, [record], [ms], self.routing)
+                one = route(tag if isinstance(tag, str) else tag[i], [record], [ms], self.routing)
             except Exception as exc:  # the reason goes to the dead letter
                 out.failed[i] = ("", f"mapping: internal error on this record: {exc!r:.200}")
                 continue
@@ -114,42 +124,61 @@ class Mapper:
             out.dropped.extend(i for _ in one.dropped)
         return out
 
+    def _key(self, tag: str) -> tuple[object, ...]:
+        key = self._keys.get(tag)
+        if key is None:
+            if len(self._keys) >= MAX_KEYS:  # tags are unbounded (one per pod, per file...)
+                self._keys.clear()
+            key = self._keys[tag] = self.routing.key(tag)
+        return key
+
     def map_chunks(self, chunks: Iterable[Chunk], locate: Callable[[int], str | None]) -> MapResult:
-        """Map every entry; ``locate`` gives a class's source location (None: not configured)."""
-        groups: dict[str, tuple[list[Mapping[str, Any]], list[int], list[int | None]]] = defaultdict(
-            lambda: ([], [], [])
-        )
+        """Map every entry; ``locate`` gives a class's source location (None: not configured).
+        The records of all tags routed alike are mapped together: each call costs the same
+        whatever its size, and tags are often many (one per file or pod)."""
+        groups: dict[tuple[object, ...], _Group] = {}
         count = 0
         dead: list[DeadLetter] = []
         for chunk in chunks:
-            records, times, stamps = groups[chunk.tag]
+            key = self._key(chunk.tag)
+            group = groups.get(key)
+            if group is None:
+                group = groups[key] = _Group()
             try:
                 entries = iter(chunk.entries)  # deferred entries are decoded here, whole or not at all
             except ProtocolError as exc:
                 dead.append(_undecodable(chunk, exc))
                 count += 1
                 continue
+            before = len(group.records)
             for entry in entries:
-                records.append(entry.record)
-                times.append(_ref_ms(entry.time_ns, chunk.received_ns))
-                stamps.append(entry.time_ns)
-                count += 1
+                group.records.append(entry.record)
+                group.times.append(_ref_ms(entry.time_ns, chunk.received_ns))
+                group.stamps.append(entry.time_ns)
+            added = len(group.records) - before
+            group.tags.extend(itertools.repeat(chunk.tag, added))
+            group.distinct.setdefault(chunk.tag)
+            count += added
         parts: dict[tuple[str, int], list[pa.RecordBatch]] = defaultdict(list)
         dropped: dict[str, int] = {}
-        for tag, (records, times, stamps) in groups.items():
-            outcome = self.map_records(tag, records, times)
+        for group in groups.values():
+            records, stamps, tags = group.records, group.stamps, group.tags
+            if not records:
+                continue
+            outcome = self.map_records(tags[0] if len(group.distinct) == 1 else tags, records, group.times)
             for rule, rows in outcome.mapped:
                 location = locate(rows.class_uid)
                 if location is None:
                     reason = f"class_uid: no destination.sources location is configured for class {rows.class_uid}"
-                    dead.extend(DeadLetter(tag, rule, reason, records[i], stamps[i]) for i in rows.rows.to_pylist())
+                    dead.extend(DeadLetter(tags[i], rule, reason, records[i], stamps[i]) for i in rows.rows.to_pylist())
                     continue
                 parts[(location, rows.class_uid)].append(rows.batch)
             for row, (rule, reason) in sorted(outcome.failed.items()):
-                dead.append(DeadLetter(tag, rule, reason, records[row], stamps[row]))
-            if outcome.dropped:
-                dropped[tag] = len(outcome.dropped)
-                self._log_drop(tag)
+                dead.append(DeadLetter(tags[row], rule, reason, records[row], stamps[row]))
+            for row in outcome.dropped:
+                dropped[tags[row]] = dropped.get(tags[row], 0) + 1
+        for tag in dropped:
+            self._log_drop(tag)
         # Pieces stay apart: each is sorted by time, and concatenating wide schemas copies a lot.
         batches = tuple(
             MappedBatch(location, class_uid, piece)
@@ -165,6 +194,17 @@ class Mapper:
                 "records no mapping rule takes are dropped (mappings_fallback: drop); logged once per tag",
                 extra={"tag": tag},
             )
+
+
+@dataclass
+class _Group:
+    """The records of the tags that share one routing key, in arrival order."""
+
+    records: list[Mapping[str, Any]] = field(default_factory=list)
+    times: list[int] = field(default_factory=list)  # transport time, epoch ms
+    stamps: list[int | None] = field(default_factory=list)  # event time, ns
+    tags: list[str] = field(default_factory=list)
+    distinct: dict[str, None] = field(default_factory=dict)
 
 
 def _undecodable(chunk: Chunk, exc: ProtocolError) -> DeadLetter:

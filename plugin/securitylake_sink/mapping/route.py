@@ -136,23 +136,39 @@ class Routing:
     fallback: str
     base_event: CompiledRule | None
 
+    def key(self, tag: str) -> tuple[object, ...]:
+        """What ``route`` does with ``tag``'s records: tags with equal keys are routed alike, so
+        their records can be mapped together. A rule that calls Python functions (which see the
+        frame's tag) keeps its tags apart."""
+        rules = [b.rule for b in self.bindings if b.matches(tag)]
+        if self.base_event is not None:
+            rules.append(self.base_event)
+        separate = any(rule is not None and rule.calls_python for rule in rules)
+        return (*(id(rule) for rule in rules), tag) if separate else tuple(id(rule) for rule in rules)
+
 
 @dataclass(frozen=True)
 class _TagBatch:
-    tag: str
+    tag: str | Sequence[str]
     records: Sequence[Mapping[str, Any]]
     ref_ms: Sequence[int]
     schema: OcsfSchema
 
 
-def route(tag: str, records: Sequence[Mapping[str, Any]], ref_ms: Sequence[int], routing: Routing) -> TagOutcome:
-    """Every record of ``tag`` ends mapped, failed or dropped, exactly once."""
+def route(
+    tag: str | Sequence[str], records: Sequence[Mapping[str, Any]], ref_ms: Sequence[int], routing: Routing
+) -> TagOutcome:
+    """Every record ends mapped, failed or dropped, exactly once. ``tag`` is the records' tag, or
+    each record's (tags of one ``Routing.key``)."""
     out = TagOutcome()
+    if not records:
+        return out
+    first = tag if isinstance(tag, str) else tag[0]
     batch = _TagBatch(tag, records, ref_ms, routing.schema)
     left = list(range(len(records)))
     tried: list[str] = []
     for binding in routing.bindings:
-        if not left or not binding.matches(tag):
+        if not left or not binding.matches(first):
             continue
         tried.append(binding.name)
         left = _step(out, binding.rule, binding.name, batch, left)
@@ -185,5 +201,6 @@ def _step(out: TagOutcome, rule: CompiledRule | None, name: str, batch: _TagBatc
         got = map_ocsf([picked[i] for i in carrying], [times[i] for i in carrying], batch.schema)
         declined = [rows[i] for i, r in enumerate(picked) if "class_uid" not in r]
         return _collect(out, name, got, [rows[i] for i in carrying]) + declined
-    got = apply_rule(rule, batch.schema, picked, batch.tag, pa.array(times, pa.int64()))
+    tags = batch.tag if isinstance(batch.tag, str) else [batch.tag[i] for i in rows]
+    got = apply_rule(rule, batch.schema, picked, tags, pa.array(times, pa.int64()))
     return _collect(out, name, got, rows)
