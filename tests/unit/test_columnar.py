@@ -7,7 +7,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from securitylake_sink.columnar import is_pruning, nulls, prune_batch, pruned_type, union_type, widen_batch
+from securitylake_sink.columnar import is_pruning, nulls, prune_batch, pruned_type, row_numbers, union_type, widen_batch
 from securitylake_sink.ocsf.conform import conform_event
 from securitylake_sink.ocsf.schema import load_schema
 from securitylake_sink.spool.batchfile import FRAME_POS, ROWS, BatchFile, BatchHeader
@@ -79,6 +79,12 @@ def test_is_pruning_accepts_left_out_fields_only() -> None:
     assert not is_pruning(pa.schema(list(reversed(list(pruned)))), HTTP)
     assert not is_pruning(pruned.set(pruned.get_field_index("time"), pa.field("time", pa.string())), HTTP)
     assert not is_pruning(pruned.append(pa.field("zzz", pa.string())), HTTP)
+
+
+@pytest.mark.parametrize("n", [0, 1, 5, 1024, 5000, 3])
+def test_row_numbers_count_from_zero(n: int) -> None:
+    rows = row_numbers(n)
+    assert rows.type == pa.int64() and rows.to_pylist() == list(range(n))
 
 
 def test_nulls_are_slices_of_one_cached_array() -> None:

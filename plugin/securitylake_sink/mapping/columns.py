@@ -14,6 +14,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from securitylake_sink.columnar import row_numbers
 from securitylake_sink.mapping.ops import text_of, texts, to_array
 
 UNMAPPED_TYPE = pa.map_(pa.string(), pa.string())
@@ -358,7 +359,7 @@ def merge_unmapped(base: pa.Array, extras: Iterable[tuple[str, pa.Array]]) -> pa
     all_keys = [base.keys]
     all_values = [base.items]
     counts = pc.cast(pc.fill_null(pc.list_value_length(entries), 0), pa.int64())
-    row_ids = pa.array(range(n), pa.int64())
+    row_ids = row_numbers(n)
     for key, value in extras:
         valid = pc.is_valid(value)
         rows.append(pc.cast(row_ids.filter(valid), pa.int64()))

@@ -12,6 +12,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from securitylake_sink.columnar import row_numbers
 from securitylake_sink.mapping.assemble import AttrPath, constant, struct_of, type_at
 from securitylake_sink.mapping.columns import Frame
 from securitylake_sink.mapping.ops import Faults, apply_ops, as_text, cast_column, test, to_array
@@ -141,7 +142,7 @@ class Evaluator:
         tokens = pc.split_pattern(source, step.separator)
         flat = pc.list_flatten(tokens)
         parents = pc.cast(pc.list_parent_indices(tokens), pa.int64())
-        row_ids = pa.array(range(frame.n), pa.int64())
+        row_ids = row_numbers(frame.n)
         any_key = constant(False, pa.bool_(), frame.n)
         for key in step.keys:
             prefix = f"{key}="

@@ -24,6 +24,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from securitylake_sink.columnar import row_numbers
 from securitylake_sink.mapping.spec import Ops
 from securitylake_sink.mapping.timeparse import parse_times
 
@@ -200,7 +201,7 @@ def _lists(values: pa.Array, target: pa.ListType) -> tuple[pa.Array, pa.Array | 
     if bad is None or not pc.any(bad).as_py():
         return rebuilt.cast(target), None
     parents = pc.list_parent_indices(values).filter(bad)
-    row_bad = pc.is_in(pa.array(range(len(values)), pa.int64()), value_set=pc.cast(parents, pa.int64()))
+    row_bad = pc.is_in(row_numbers(len(values)), value_set=pc.cast(parents, pa.int64()))
     return rebuilt.cast(target), row_bad
 
 

@@ -15,6 +15,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from securitylake_sink.columnar import row_numbers
 from securitylake_sink.ocsf.schema import OcsfSchema
 
 Attrs = Mapping[str, Mapping[str, Any]]
@@ -201,7 +202,7 @@ class _Checker:
             shown = values.to_pylist() if values is not None else [None] * len(rows)
             for row, value in zip(rows.to_pylist(), shown, strict=True):
                 reasons.setdefault(row, message.replace("{value}", repr(value)))
-        bad = pc.is_in(pa.array(range(self.n), ROW), value_set=pa.array(sorted(reasons), ROW))
+        bad = pc.is_in(row_numbers(self.n), value_set=pa.array(sorted(reasons), ROW))
         return Verdict(bad, reasons)
 
 
@@ -262,7 +263,7 @@ def validate(batch: pa.RecordBatch, schema: OcsfSchema, class_uid: int) -> Verdi
     field left out is null on every row) against OCSF ``schema``."""
     n = batch.num_rows
     checker = _Checker(schema, n)
-    rows = pa.array(range(n), ROW)
+    rows = row_numbers(n)
     info = schema.class_info(class_uid)
     arrays = {f.name: batch.column(i) for i, f in enumerate(batch.schema)}
     checker.walk(arrays, info.attributes, rows, None, "", full=schema.arrow_schema(class_uid))
