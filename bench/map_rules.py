@@ -1,7 +1,8 @@
 """Records per second of each built-in mapping rule, in process: the rule's test fixtures
 (tests/fixtures/mapping/<rule>.input.ndjson) replicated to about 100,000 records and mapped as
-one batch of one tag, as the pipeline does; best of three runs. Besides wall-clock records/s it
-prints records per CPU-second of the process, which other load on the machine does not skew.
+one batch of one tag, as the pipeline does, under the sink's malloc and collector settings; best
+of three runs. Besides wall-clock records/s it prints records per CPU-second of the process,
+which other load on the machine does not skew.
 
     .venv/bin/python bench/map_rules.py [--records N] [RULE ...]
 """
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from securitylake_sink.mapping.mapper import Mapper
 from securitylake_sink.mapping.route import builtin_rule_names
+from securitylake_sink.memory import tune_gc, tune_malloc
 from securitylake_sink.ocsf.schema import load_schema
 
 FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "mapping"
@@ -44,6 +46,8 @@ def main() -> None:
     parser.add_argument("rules", nargs="*")
     args = parser.parse_args()
     rules = args.rules or [r for r in builtin_rule_names() if (FIXTURES / f"{r}.input.ndjson").exists()]
+    tune_malloc()  # as the sink process does
+    tune_gc()
     print(f"{'rule':18} {'records/s':>12} {'per CPU-s':>12} {'mapped':>8} {'dead':>7}")
     for rule in rules:
         rate, cpu_rate, mapped, dead = bench(rule, args.records)

@@ -4,7 +4,8 @@ one call, and in the pipeline's steps with each source's chunks spread over many
 tail input or Kubernetes gives them; and each built-in rule on its fixtures), validate (the
 mapped batches), encode (Parquet per class).
 And the floor: plain msgpack decoding, an Arrow table of the records as they are, Parquet (zstd),
-which no sink that keeps every record can beat."""
+which no sink that keeps every record can beat. Both run under the sink process's malloc and
+cycle-collector settings (``memory.tune_malloc``, ``memory.tune_gc``), as the sink does."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from securitylake_sink.columnar import widen_batch
 from securitylake_sink.encode.parquet import encode_parquet
 from securitylake_sink.mapping.mapper import MappedBatch, Mapper
 from securitylake_sink.mapping.route import builtin_rule_names
+from securitylake_sink.memory import tune_gc, tune_malloc
 from securitylake_sink.model import Chunk
 from securitylake_sink.ocsf.schema import OcsfSchema, load_schema
 from securitylake_sink.ocsf.validate import validate
@@ -101,8 +103,15 @@ def _tables(batches: Iterable[MappedBatch], schema: OcsfSchema) -> list[pa.Table
     ]
 
 
+def sink_settings() -> None:
+    """This process's malloc and cycle collector set as in the sink (once serving)."""
+    tune_malloc()
+    tune_gc()
+
+
 def pipeline(frames: Sequence[Frame], rule_records: int, rule_rounds: int) -> dict[str, Any]:
     """Each stage of the sink on ``frames``, then each built-in rule on its own fixtures."""
+    sink_settings()
     schema = load_schema(OCSF_VERSION)
     mapper = Mapper(schema, list(MAPPINGS))
     chunks, decoding = timed(lambda: decode(frames), lambda cs: sum(len(c.entries) for c in cs))
@@ -170,6 +179,7 @@ def _write(table: pa.Table) -> int:
 
 def floor(frames: Sequence[Frame]) -> dict[str, Any]:
     """msgpack decode + Arrow table of the records as they are + Parquet (zstd), per tag."""
+    sink_settings()
     by_tag, decoding = timed(lambda: _plain_decode(frames), lambda d: sum(len(v) for v in d.values()))
     built, building = timed(lambda: [_table(rs) for rs in by_tag.values()], lambda ts: sum(t.num_rows for t, _ in ts))
     sizes, writing = timed(lambda: [_write(t) for t, _ in built], lambda _: building.records)
