@@ -71,6 +71,17 @@ def _int_keys(attr: Mapping[str, Any]) -> pa.Array | None:
         return None
 
 
+_KEYS: dict[int, tuple[Mapping[str, Any], pa.Array | None, pa.Array | None]] = {}
+
+
+def _enum_keys(attr: Mapping[str, Any]) -> tuple[pa.Array | None, pa.Array | None]:
+    """(int ids, string values) of ``attr``'s enum, built once per attribute."""
+    cached = _KEYS.get(id(attr))
+    if cached is None or cached[0] is not attr:
+        cached = _KEYS[id(attr)] = (attr, _int_keys(attr), _str_keys(attr))
+    return cached[1], cached[2]
+
+
 @dataclass(frozen=True)
 class Verdict:
     """Which rows failed and why (the first reason found per row)."""
@@ -151,23 +162,26 @@ class _Checker:
             self.walk(children, object_attributes(self.schema, name), rows, inner, where, full=full)
             self.constraints(children, object_constraints(self.schema, name), rows, inner, where)
             return
-        keys = _int_keys(attr)
-        if keys is not None and pa.types.is_integer(t):
-            outside = pc.and_(pc.is_valid(column), pc.invert(pc.is_in(pc.cast(column, ROW), value_set=keys)))
-            if present is not None:
-                outside = pc.and_(outside, present)
-            if pc.any(outside).as_py():
-                message = f"{where}: {{value}} is not an id of its OCSF {self.schema.version} enum"
-                self.fail(rows.filter(outside), message, column.filter(outside))
-
-        strings = _str_keys(attr)
+        ints, strings = _enum_keys(attr)
+        if ints is not None and pa.types.is_integer(t):
+            message = f"{where}: {{value}} is not an id of its OCSF {self.schema.version} enum"
+            self.enum(column, pc.cast(column, ROW), ints, rows, present, message)
         if strings is not None and pa.types.is_string(t):
-            outside = pc.and_(pc.is_valid(column), pc.invert(pc.is_in(column, value_set=strings)))
-            if present is not None:
-                outside = pc.and_(outside, present)
-            if pc.any(outside).as_py():
-                message = f"{where}: {{value}} is not a value of its OCSF {self.schema.version} enum"
-                self.fail(rows.filter(outside), message, column.filter(outside))
+            message = f"{where}: {{value}} is not a value of its OCSF {self.schema.version} enum"
+            self.enum(column, column, strings, rows, present, message)
+
+    def enum(  # noqa: PLR0917
+        self, column: pa.Array, looked: pa.Array, keys: pa.Array, rows: pa.Array, present: pa.Array | None, message: str
+    ) -> None:
+        """Fail the rows (where ``present``) whose value is not among ``keys``."""
+        found = pc.index_in(looked, value_set=keys)
+        if found.null_count == column.null_count:  # every value is a key (the usual case)
+            return
+        outside = pc.and_(pc.is_valid(column), pc.is_null(found))
+        if present is not None:
+            outside = pc.and_(outside, present)
+        if pc.any(outside).as_py():
+            self.fail(rows.filter(outside), message, column.filter(outside))
 
     def constraints(
         self,
@@ -181,6 +195,9 @@ class _Checker:
         for kind, names in constraints.items():
             if kind not in ("at_least_one", "just_one"):
                 continue
+            given = [child for name in names if (child := children.get(name)) is not None]
+            if kind == "at_least_one" and any(child.null_count == 0 for child in given):
+                continue  # one of them is on every row
             count: pa.Array | pa.Scalar = pa.scalar(0, ROW)
             for name in names:
                 child = children.get(name)
@@ -221,7 +238,8 @@ def _consistency(checker: _Checker, batch: pa.RecordBatch, class_uid: int, rows:
         if column is None:
             return
         wrong = pc.fill_null(pc.not_equal(column, expected), False)
-        checker.fail(rows.filter(wrong), f"{name}: {{value}} {what}", column.filter(wrong))
+        if pc.any(wrong).as_py():
+            checker.fail(rows.filter(wrong), f"{name}: {{value}} {what}", column.filter(wrong))
 
     differs("class_uid", pa.scalar(class_uid, pa.int32()), f"is not the class of this batch ({class_uid})")
     differs(
