@@ -132,26 +132,23 @@ def _map_rows(
     # pulled and captured column first.
     whole = len(rows) * 2 >= frame.n
     sub = frame if whole else frame.take(rows)
-    values, consts, faults = map_event(event, sub, rule)
-    bad, reasons = _check(assemble(event.schema, values, sub.n), faults, schema, event.class_uid)
+    values, _, faults = map_event(event, sub, rule)
+    checked = assemble(event.schema, values, sub.n)
+    bad, reasons = _check(checked, faults, schema, event.class_uid)
     keep = pc.and_(takes, pc.invert(bad)) if whole else pc.invert(bad)
     for row, reason in reasons.items():
         if not whole:
             outcome.failed[rows[row].as_py()] = reason
         elif takes[row].as_py():
             outcome.failed[row] = reason
-    # Keep the good rows sorted by time (the batcher cuts hours as slices): reorder the few
-    # assigned columns and assemble again, which beats filtering every struct of the class.
+    # Keep the good rows sorted by time (the batcher cuts hours as slices); the batch holds only
+    # the assigned columns, so taking its rows is one call over few columns.
     order = pc.sort_indices(values[("time",)])
     if whole or reasons:
         order = order.filter(keep.take(order))
     if len(order):
-        m = len(order)
-        picked = {p: constant(*consts[p], m) if p in consts else a.take(order) for p, a in values.items()}
         source_rows = order if whole else rows.take(order)
-        outcome.mapped.append(
-            ClassRows(event.class_uid, assemble(event.schema, picked, len(order)), pc.cast(source_rows, pa.int64()))
-        )
+        outcome.mapped.append(ClassRows(event.class_uid, checked.take(order), pc.cast(source_rows, pa.int64())))
 
 
 def apply_rule(
