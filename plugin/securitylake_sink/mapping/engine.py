@@ -172,7 +172,7 @@ def apply_rule(
     left = wanted
     for event in rule.events:
         takes = left if event.where is None else pc.and_(left, steps.cond(event.where))
-        if not pc.any(takes).as_py():
+        if takes.true_count == 0:
             continue
         left = pc.and_(left, pc.invert(takes))
         _map_rows(outcome, event, rule, schema=schema, frame=frame, takes=takes)

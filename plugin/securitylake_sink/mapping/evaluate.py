@@ -85,7 +85,7 @@ class Evaluator:
         (worth it when few rows are needed, e.g. a when branch or a coalesce fallback)."""
         outer = self.needed
         rows = rows if outer is None else pc.and_(outer, rows)
-        few = pc.sum(pc.cast(rows, pa.int64())).as_py() * 2 < self.frame.n
+        few = rows.true_count * 2 < self.frame.n
         self.needed = rows if few else outer
         try:
             yield
@@ -113,7 +113,7 @@ class Evaluator:
             rest = pc.if_else(matched, None, source) if len(step.patterns) > 1 else source
             found = pc.extract_regex(rest, pattern)
             hit = pc.is_valid(found)
-            if not pc.any(hit).as_py():
+            if hit.true_count == 0:
                 for sub in found.type:
                     groups.setdefault(sub.name, [])
                 continue
@@ -136,7 +136,7 @@ class Evaluator:
         frame = self.frame
         for junk in step.remove:  # replaced by the separator, and only in the records that have it
             has = pc.fill_null(pc.match_substring(source, junk), False)
-            if pc.any(has).as_py():
+            if has.true_count > 0:
                 cleaned = pc.replace_substring(pc.if_else(has, source, None), junk, step.separator)
                 source = pc.coalesce(cleaned, source)
         tokens = pc.split_pattern(source, step.separator)

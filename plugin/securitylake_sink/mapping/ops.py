@@ -106,7 +106,7 @@ class Faults:
 
     def add(self, mask: pa.Array | None, message: str, values: pa.Array | None = None) -> None:
         """Record ``message`` for every row where ``mask`` is true (``{value}`` is filled in)."""
-        if mask is not None and pc.any(mask).as_py():
+        if mask is not None and mask.true_count > 0:
             self.items.append((pc.fill_null(mask, False), message, values))
 
     def mask(self, n: int) -> pa.Array:
@@ -198,7 +198,7 @@ def _lists(values: pa.Array, target: pa.ListType) -> tuple[pa.Array, pa.Array | 
     flat = pc.list_flatten(values)
     item, bad = cast_column(flat, target.value_type)
     rebuilt = pa.ListArray.from_arrays(values.offsets, item, mask=pc.is_null(values))
-    if bad is None or not pc.any(bad).as_py():
+    if bad is None or bad.true_count == 0:
         return rebuilt.cast(target), None
     parents = pc.list_parent_indices(values).filter(bad)
     row_bad = pc.is_in(row_numbers(len(values)), value_set=pc.cast(parents, pa.int64()))
@@ -271,7 +271,7 @@ def _split_list(text: pa.Array, sep: str) -> pa.Array:
 
 def _python_map(values: pa.Array, mask: pa.Array, fn: Any, out_type: pa.DataType) -> pa.Array:
     """Apply ``fn`` in Python to the rows of ``mask`` only (the rare escape hatch)."""
-    if not pc.any(mask).as_py():
+    if mask.true_count == 0:
         return values if values.type == out_type else pc.cast(values, out_type)
     picked = [fn(v) for v in values.filter(mask).to_pylist()]
     base = values if values.type == out_type else pa.nulls(len(values), out_type)

@@ -185,7 +185,7 @@ def map_ocsf(records: Sequence[Mapping[str, Any]], ref_ms: Sequence[int], schema
         picked = pa.array(rows, pa.int64())
         if verdict.reasons:
             good = pc.invert(verdict.bad)
-            if not pc.any(good).as_py():
+            if good.true_count == 0:
                 continue
             batch, picked = batch.filter(good), picked.filter(good)
         outcome.mapped.append(ClassRows(class_uid, batch, picked))

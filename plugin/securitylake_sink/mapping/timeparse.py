@@ -125,10 +125,10 @@ def _naive_ms(parsed: datetime) -> int:
 def _rfc3339(values: pa.Array, tz_minutes: int) -> pa.Array:
     text = _as_text(values)
     ok = pc.fill_null(pc.match_substring_regex(text, _RFC3339), False)
-    if not pc.any(ok).as_py():
+    if ok.true_count == 0:
         return _null_ms(len(values))
     text = pc.if_else(ok, text, None)
-    if pc.any(pc.match_substring(text, " +")).as_py() or pc.any(pc.match_substring(text, " -")).as_py():
+    if pc.match_substring(text, " +").true_count > 0 or pc.match_substring(text, " -").true_count > 0:
         text = pc.replace_substring_regex(text, r" ([+-]\d\d(?::?\d\d)?)$", r"\1")
     text = pc.replace_substring(text, ",", ".")
     zoned = pc.fill_null(pc.match_substring_regex(text, _ZONED), False)
@@ -143,7 +143,7 @@ def _rfc3339(values: pa.Array, tz_minutes: int) -> pa.Array:
 def _rfc3164(values: pa.Array, ref_ms: pa.Array, tz_minutes: int) -> pa.Array:
     text = _as_text(values)
     ok = pc.fill_null(pc.match_substring_regex(text, _RFC3164), False)
-    if not pc.any(ok).as_py():
+    if ok.true_count == 0:
         return _null_ms(len(values))
     parts = pc.split_pattern(pc.replace_substring(pc.if_else(ok, text, None), "  ", " "), " ")
     month = pc.take(_MM, pc.index_in(pc.list_element(parts, 0), _MONTHS))
@@ -159,7 +159,7 @@ def _rfc3164(values: pa.Array, ref_ms: pa.Array, tz_minutes: int) -> pa.Array:
     this_year = at_year(ref_year)
     # A December line read early in January belongs to the previous year.
     ahead = pc.fill_null(pc.greater(this_year, pc.add(ref_ms, 2 * MS_PER_DAY)), False)
-    if not pc.any(ahead).as_py():
+    if ahead.true_count == 0:
         return this_year
     return pc.if_else(ahead, at_year(pc.subtract(ref_year, 1)), this_year)
 
@@ -167,7 +167,7 @@ def _rfc3164(values: pa.Array, ref_ms: pa.Array, tz_minutes: int) -> pa.Array:
 def _clf(values: pa.Array) -> pa.Array:
     text = _as_text(values)
     ok = pc.fill_null(pc.match_substring_regex(text, _CLF), False)
-    if not pc.any(ok).as_py():
+    if ok.true_count == 0:
         return _null_ms(len(values))
     text = pc.if_else(ok, text, None)
 

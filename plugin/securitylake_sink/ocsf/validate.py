@@ -180,7 +180,7 @@ class _Checker:
         outside = pc.and_(pc.is_valid(column), pc.is_null(found))
         if present is not None:
             outside = pc.and_(outside, present)
-        if pc.any(outside).as_py():
+        if outside.true_count > 0:
             self.fail(rows.filter(outside), message, column.filter(outside))
 
     def constraints(
@@ -209,7 +209,7 @@ class _Checker:
             if present is not None:
                 wrong = pc.and_(wrong, present)
             wrong = pc.fill_null(wrong, False)
-            if pc.any(wrong).as_py():
+            if wrong.true_count > 0:
                 need = "at least one" if kind == "at_least_one" else "exactly one"
                 self.fail(rows.filter(wrong), f"{where}: needs {need} of {', '.join(names)}")
 
@@ -238,7 +238,7 @@ def _consistency(checker: _Checker, batch: pa.RecordBatch, class_uid: int, rows:
         if column is None:
             return
         wrong = pc.fill_null(pc.not_equal(column, expected), False)
-        if pc.any(wrong).as_py():
+        if wrong.true_count > 0:
             checker.fail(rows.filter(wrong), f"{name}: {{value}} {what}", column.filter(wrong))
 
     differs("class_uid", pa.scalar(class_uid, pa.int32()), f"is not the class of this batch ({class_uid})")
