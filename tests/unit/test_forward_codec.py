@@ -482,14 +482,17 @@ _records = st.dictionaries(st.text(max_size=12), _values, max_size=6)
 def _times(draw: st.DrawFn) -> tuple[object, int]:
     """A wire time and the nanoseconds it stands for."""
     seconds = draw(st.integers(min_value=1, max_value=0xFFFFFFFD))
-    form = draw(st.sampled_from(["int", "float", "eventtime"]))
+    form = draw(st.sampled_from(["int", "float", "eventtime", "eventtime+metadata"]))
     if form == "int":
         return seconds, seconds * 1_000_000_000
     if form == "float":
         ticks = draw(st.integers(min_value=0, max_value=511))  # 1/512 s is exact in binary
         return seconds + ticks / 512, seconds * 1_000_000_000 + ticks * 1_953_125
     nanos = draw(st.integers(min_value=0, max_value=999_999_999))
-    return msgpack.ExtType(0, struct.pack(">II", seconds, nanos)), seconds * 1_000_000_000 + nanos
+    stamp = msgpack.ExtType(0, struct.pack(">II", seconds, nanos))
+    if form == "eventtime+metadata":  # Fluent Bit 2.1+: [[EventTime, {metadata}], {record}]
+        return [stamp, draw(st.sampled_from([{}, {"otlp": {"k": 1}}]))], seconds * 1_000_000_000 + nanos
+    return stamp, seconds * 1_000_000_000 + nanos
 
 
 def _pack(obj: object) -> bytes:
@@ -523,7 +526,7 @@ def test_round_trip_in_every_mode(
     if mode == "message":
         (when, _), record = entries[0]
         entries = entries[:1]
-        raw = _pack([tag, when, record])
+        raw = _pack([tag, when[0] if isinstance(when, list) else when, record])  # no metadata form here
     else:
         raw = _pack_frame(mode, tag, [(when, record) for (when, _), record in entries])
     chunk = decode_spooled(raw, 7)
@@ -569,8 +572,9 @@ def test_scan_agrees_with_decoding(  # noqa: PLR0917 (hypothesis draws each argu
     decoding accepts, and its deferred entries are the decoded ones. The one allowed difference:
     what only building the records can find (an array as a map key) is raised when they are read."""
     pairs: list[tuple[object, Any]] = [(when, record) for (when, _), record in entries]
-    if marker:  # a Fluent Bit group marker first: skipped, not counted
-        pairs.insert(0, (msgpack.ExtType(0, struct.pack(">II", 0xFFFFFFFF, 0)), {}))
+    if marker:  # a Fluent Bit group marker first (bare, or with metadata): skipped, not counted
+        start = msgpack.ExtType(0, struct.pack(">II", 0xFFFFFFFF, 0))
+        pairs.insert(0, ([start, {}] if cut % 2 else start, {}))
     raw = _pack([tag, pairs[0][0], pairs[0][1]]) if mode == "message" else _pack_frame(mode, tag, pairs)
     if mutate:
         at = cut % len(raw)
@@ -628,9 +632,18 @@ def test_a_spooled_frame_whose_records_cannot_be_built_is_read_back_like_the_liv
         list(spooled.entries)
 
 
-def test_scan_leaves_an_array_map_key_to_the_reader() -> None:
-    """{[1]: 2} is well-formed msgpack that Python cannot build: the check passes, reading fails."""
-    raw = frame("92 a1 74 91 92 d7 00 6553f100 00000000 81 91 01 02")  # ["t", [[EventTime, {[1]: 2}]]]
+@pytest.mark.parametrize(
+    "hex_text",
+    [
+        "92 a1 74 91 92 d7 00 6553f100 00000000 81 91 01 02",  # ["t", [[EventTime, {[1]: 2}]]]
+        "92 a1 74 91 92 92 d7 00 6553f100 00000000 80 81 91 01 02",  # [[[EventTime, {}], {[1]: 2}]]
+    ],
+    ids=["eventtime", "eventtime-with-metadata"],
+)
+def test_scan_leaves_an_array_map_key_to_the_reader(hex_text: str) -> None:
+    """{[1]: 2} is well-formed msgpack that Python cannot build: the check passes (it skips the
+    record unbuilt, also in Fluent Bit's form with metadata), reading fails."""
+    raw = frame(hex_text)
     with pytest.raises(ProtocolError):
         _eager(raw)
     chunk = scan_frame(raw)

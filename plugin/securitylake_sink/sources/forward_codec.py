@@ -328,8 +328,10 @@ def _scan_entries(buffer: bytes | memoryview, size: int | None) -> int:
             if buffer[tell()] == _PAIR:
                 pair()
                 when = unpack()
-                if type(when) is EventTime:
-                    seconds = when // _NS_PER_SEC
+                # [EventTime, {record}], or Fluent Bit's [[EventTime, {metadata}], {record}]
+                stamp = when[0] if type(when) is list and len(when) == 2 and type(when[1]) is dict else when
+                if type(stamp) is EventTime:
+                    seconds = stamp // _NS_PER_SEC
                     if 0 < seconds <= _MAX_SECONDS and seconds not in _GROUP_MARKER_SECONDS:
                         if buffer[tell()] not in _MAP_FIRST:
                             raise ProtocolError("record is not a map")
@@ -408,12 +410,12 @@ def _meta(mode: str, options: Mapping[Any, Any]) -> dict[str, str]:
     return meta
 
 
-def forward_entries(items: Iterable[object], metadata: Mapping[Any, Any] | None = None) -> tuple[Entry, ...]:
+def forward_entries(items: Iterable[object], metadata: Mapping[Any, Any] | None = None) -> tuple[Entry, ...]:  # noqa: PLR0912
     """Decode ``[time, record]`` / ``[[time, metadata], record]`` items, skipping group markers."""
     entries: list[Entry] = []
     no_metadata = metadata or None
     for item in items:
-        # The usual entry, [EventTime, {record}], takes the short way (one per record, on the loop).
+        # The usual entries take the short way (one per record).
         if type(item) is list and len(item) == 2:
             when, record = item
             if type(when) is EventTime and type(record) is dict:
@@ -421,6 +423,14 @@ def forward_entries(items: Iterable[object], metadata: Mapping[Any, Any] | None 
                 if 0 < seconds <= _MAX_SECONDS and seconds not in _GROUP_MARKER_SECONDS:
                     entries.append(Entry(int(when), record, no_metadata))
                     continue
+            # Fluent Bit's [[EventTime, {metadata}], {record}] (its usual metadata is {})
+            elif type(when) is list and len(when) == 2 and type(record) is dict:
+                stamp, meta = when
+                if type(stamp) is EventTime and type(meta) is dict:
+                    seconds = stamp // _NS_PER_SEC
+                    if 0 < seconds <= _MAX_SECONDS and seconds not in _GROUP_MARKER_SECONDS:
+                        entries.append(Entry(int(stamp), record, meta or None))
+                        continue
         if not isinstance(item, list) or len(item) != 2:
             raise ProtocolError("entry is not [time, record]")
         when, record = item
