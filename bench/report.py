@@ -161,12 +161,17 @@ def table(result: dict[str, Any]) -> str:
             for rule, f in stages["map_rules"].items()
         ],
     )
-    out += ["", "Fluent Bit as the sender (tail of generated files, forward with Require_ack_response On)"]
     fb = result["fluent_bit"]
     if "skipped" in fb:
+        out += ["", "Fluent Bit as the sender (tail of generated files, forward with Require_ack_response On)"]
         out.append(f"skipped ({fb['skipped']})")
     else:
         sink, base = fb["to_sink"], fb["baseline"]
+        out += [
+            "",
+            f"Fluent Bit as the sender (tail of generated files, forward with Require_ack_response On), "
+            f"{sink['records']:,} mixed records",
+        ]
         out += _rows(
             ["run", "records/s", "acked/s", "CPU-s/M", "RSS MB", "rows+dead=sent"],
             [

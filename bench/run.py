@@ -28,6 +28,9 @@ from report import machine, table
 MIXES = ("preparsed", "raw", "mixed")
 SMOKE_RECORDS = 3000
 SMOKE_CHUNK = 500
+# Fluent Bit updates the counters the Fluent Bit runs read once a second: a run of a few seconds
+# would be timed to within a third. This many records make each run last long enough.
+FLUENT_BIT_MIN_RECORDS = 1_000_000
 
 
 def _fluent_bit(records: int, start_ms: int, enabled: bool) -> dict[str, Any]:
@@ -35,6 +38,7 @@ def _fluent_bit(records: int, start_ms: int, enabled: bool) -> dict[str, Any]:
         return {"skipped": "--smoke or --no-fluent-bit"}
     if fluentbit.FLUENT_BIT is None:
         return {"skipped": "no fluent-bit on PATH"}
+    records = max(records, FLUENT_BIT_MIN_RECORDS)
     items = generate("mixed", records, start_ms)
     timeout = max(120.0, records / 200)  # generous: a stall fails the run, a slow machine does not
     to_sink, baseline = fluentbit.to_sink(items, timeout), fluentbit.baseline(items, timeout)
