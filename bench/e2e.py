@@ -216,16 +216,8 @@ def wait_for_result(generator: Any, results: Any) -> dict[str, Any]:
     return result
 
 
-def run(
-    mix: str,
-    records: int,
-    chunk: int = DEFAULT_CHUNK,
-    *,
-    start_ms: int | None = None,
-    rate: float | None = None,
-    workers: int = 1,
-    raw_data: bool = True,
-) -> dict[str, Any]:
+def run(mix: str, records: int, chunk: int = DEFAULT_CHUNK, *, start_ms: int | None = None,
+        rate: float | None = None, workers: int = 1, raw_data: bool = True) -> dict[str, Any]:
     """One sink run of ``records`` records of ``mix`` (``raw_data``: each mapping's option); the
     figures as a flat dict."""
     start_ms = start_ms if start_ms is not None else int(time.time() * 1000)
@@ -280,14 +272,8 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--smoke", action="store_true", help="a few thousand records; exit 1 unless counts match")
     args = parser.parse_args()
-    figures = run(
-        args.mix,
-        3000 if args.smoke else args.records,
-        500 if args.smoke else args.chunk,
-        rate=args.rate,
-        workers=args.workers,
-        raw_data=not args.no_raw_data,
-    )
+    figures = run(args.mix, 3000 if args.smoke else args.records, 500 if args.smoke else args.chunk, rate=args.rate,
+                  workers=args.workers, raw_data=not args.no_raw_data)
     for key, value in figures.items():
         print(f"{key:28} {value}")
     if args.json:

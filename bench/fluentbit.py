@@ -44,26 +44,14 @@ def _write_inputs(tmp: Path, items: Sequence[Item]) -> list[str]:
 
 
 def _service(http_port: int, parsers: Path | None = None) -> str:
-    options: dict[str, object] = {
-        "Flush": 0.2,
-        "Grace": 5,
-        "Log_Level": "warn",
-        "HTTP_Server": "On",
-        "HTTP_Listen": "127.0.0.1",
-        "HTTP_Port": http_port,
-    }
+    options: dict[str, object] = {"Flush": 0.2, "Grace": 5, "Log_Level": "warn", "HTTP_Server": "On",
+                                  "HTTP_Listen": "127.0.0.1", "HTTP_Port": http_port}
     return _section("SERVICE", options | ({"Parsers_File": parsers} if parsers else {}))
 
 
 def _sender(tmp: Path, items: Sequence[Item], port: int, http_port: int) -> Path:
-    output = {
-        "Name": "forward",
-        "Match": "*",
-        "Host": "127.0.0.1",
-        "Port": port,
-        "Require_ack_response": "On",
-        "Retry_Limit": "no_limits",
-    }
+    output = {"Name": "forward", "Match": "*", "Host": "127.0.0.1", "Port": port, "Require_ack_response": "On",
+              "Retry_Limit": "no_limits"}
     inputs = _write_inputs(tmp, items)
     path = tmp / "sender.conf"
     path.write_text("\n".join([_service(http_port, tmp / "parsers.conf"), *inputs, _section("OUTPUT", output)]))
@@ -73,9 +61,8 @@ def _sender(tmp: Path, items: Sequence[Item], port: int, http_port: int) -> Path
 def _receiver(tmp: Path, port: int, http_port: int) -> Path:
     path = tmp / "receiver.conf"
     forward = {"Name": "forward", "Listen": "127.0.0.1", "Port": port}
-    path.write_text(
-        "\n".join([_service(http_port), _section("INPUT", forward), _section("OUTPUT", {"Name": "null", "Match": "*"})])
-    )
+    path.write_text("\n".join([_service(http_port), _section("INPUT", forward),
+                               _section("OUTPUT", {"Name": "null", "Match": "*"})]))
     return path
 
 
@@ -129,7 +116,6 @@ def to_sink(items: Sequence[Item], timeout: float) -> dict[str, Any]:
     started = time.time()
     sender = _start(conf, tmp / "fluent-bit.log")
     try:
-
         def acked() -> bool:
             return _counter(http_port, "output", "forward.0", "proc_records") == len(items)
 
@@ -170,7 +156,6 @@ def baseline(items: Sequence[Item], timeout: float) -> dict[str, Any]:
         started = time.time()
         sender = _start(conf, tmp / "fluent-bit.log")
         try:
-
             def received() -> bool:
                 return _counter(receiver_http, "input", "forward.0", "records") == len(items)
 

@@ -40,30 +40,8 @@ SPAN_MS: Final = 120_000  # a run's event times spread over the two minutes befo
 ACCOUNT: Final = "111122223333"
 
 NETS = ("192.0.2", "198.51.100", "203.0.113")
-USERS = (
-    "alice",
-    "bob",
-    "carol",
-    "dave",
-    "erin",
-    "frank",
-    "grace",
-    "heidi",
-    "ivan",
-    "judy",
-    "mallory",
-    "oscar",
-    "peggy",
-    "trent",
-    "victor",
-    "walter",
-    "deploy",
-    "ubuntu",
-    "ec2-user",
-    "git",
-    "jenkins",
-    "backup",
-)
+USERS = ("alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy", "mallory", "oscar",
+         "peggy", "trent", "victor", "walter", "deploy", "ubuntu", "ec2-user", "git", "jenkins", "backup")
 BAD_USERS = ("admin", "root", "oracle", "postgres", "test", "user", "guest", "support", "ftpuser", "pi", "hadoop")
 HOSTS = ("bastion-1", "bastion-2", "web-1", "web-2", "web-3", "db-1", "build-7", "mail-1")
 AGENTS = (
@@ -71,34 +49,12 @@ AGENTS = (
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0 Safari/537.36",
     "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_5) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.5",
     "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Mobile/15E148",
-    "curl/8.5.0",
-    "python-requests/2.32.3",
-    "Go-http-client/1.1",
-    "okhttp/4.12.0",
-    "kube-probe/1.29",
-    "-",
+    "curl/8.5.0", "python-requests/2.32.3", "Go-http-client/1.1", "okhttp/4.12.0", "kube-probe/1.29", "-",
 )
-PATHS = (
-    "/",
-    "/index.html",
-    "/login",
-    "/logout",
-    "/api/v1/orders/{n}",
-    "/api/v1/users/{n}/profile",
-    "/static/js/app.{h}.js",
-    "/static/css/site.{h}.css",
-    "/images/products/{n}.jpg",
-    "/search?q={w}&page={p}",
-    "/cart/items/{n}",
-    "/checkout?step={p}",
-    "/health",
-    "/robots.txt",
-    "/favicon.ico",
-    "/wp-login.php",
-    "/.env",
-    "/admin/",
-    "/api/v2/session?next=%2Fdash",
-)
+PATHS = ("/", "/index.html", "/login", "/logout", "/api/v1/orders/{n}", "/api/v1/users/{n}/profile",
+         "/static/js/app.{h}.js", "/static/css/site.{h}.css", "/images/products/{n}.jpg", "/search?q={w}&page={p}",
+         "/cart/items/{n}", "/checkout?step={p}", "/health", "/robots.txt", "/favicon.ico", "/wp-login.php",
+         "/.env", "/admin/", "/api/v2/session?next=%2Fdash")
 WORDS = ("shoes", "laptop", "coffee", "garden", "lamp", "backpack", "tent", "monitor", "kettle", "chair")
 REFERERS = ("-", "https://www.example.com/", "https://shop.example.com/cart", "https://www.example.com/search?q={w}")
 METHODS = (("GET", 80), ("POST", 12), ("HEAD", 3), ("PUT", 2), ("DELETE", 2), ("OPTIONS", 1))
@@ -115,25 +71,11 @@ SSHD = (
     # carries no user: the sshd rule declines it and it becomes a dead letter, as in production
     (3, "Received disconnect from {ip} port {port}:11: Bye Bye [preauth]"),
 )
-COMMANDS = (
-    "/usr/bin/systemctl restart nginx",
-    "/usr/bin/apt-get upgrade -y",
-    "/usr/bin/journalctl -u sshd",
-    "/bin/cat /var/log/auth.log",
-    "/usr/bin/docker ps",
-    "/usr/bin/tail -f /var/log/syslog",
-    "/usr/sbin/iptables -L -n",
-    "/usr/bin/vim /etc/hosts",
-)
-EXES = (
-    ("curl", "/usr/bin/curl"),
-    ("bash", "/usr/bin/bash"),
-    ("python3", "/usr/bin/python3.11"),
-    ("ssh", "/usr/bin/ssh"),
-    ("tar", "/usr/bin/tar"),
-    ("git", "/usr/bin/git"),
-    ("nginx", "/usr/sbin/nginx"),
-)
+COMMANDS = ("/usr/bin/systemctl restart nginx", "/usr/bin/apt-get upgrade -y", "/usr/bin/journalctl -u sshd",
+            "/bin/cat /var/log/auth.log", "/usr/bin/docker ps", "/usr/bin/tail -f /var/log/syslog",
+            "/usr/sbin/iptables -L -n", "/usr/bin/vim /etc/hosts")
+EXES = (("curl", "/usr/bin/curl"), ("bash", "/usr/bin/bash"), ("python3", "/usr/bin/python3.11"),
+        ("ssh", "/usr/bin/ssh"), ("tar", "/usr/bin/tar"), ("git", "/usr/bin/git"), ("nginx", "/usr/sbin/nginx"))
 CLOUDTRAIL = (
     ("signin.amazonaws.com", "ConsoleLogin", 8),
     ("sts.amazonaws.com", "AssumeRole", 20),
@@ -176,40 +118,26 @@ def _uuid(rng: random.Random) -> str:
 def _sshd_message(rng: random.Random) -> str:
     template = rng.choices([t for _, t in SSHD], [w for w, _ in SSHD])[0]
     fingerprint = base64.b64encode(rng.randbytes(32)).decode().rstrip("=")
-    return template.format(
-        user=rng.choice(USERS), bad=rng.choice(BAD_USERS), ip=_ip(rng), port=rng.randint(1024, 65535), fp=fingerprint
-    )
+    return template.format(user=rng.choice(USERS), bad=rng.choice(BAD_USERS), ip=_ip(rng),
+                           port=rng.randint(1024, 65535), fp=fingerprint)
 
 
 def _syslog_fields(rng: random.Random, ms: int, ident: str, message: str) -> Record:
     """What Fluent Bit's syslog-rfc3164 parser makes of a line (time kept as text)."""
-    return {
-        "time": _rfc3164(ms),
-        "host": rng.choice(HOSTS),
-        "ident": ident,
-        "pid": str(rng.randint(300, 65000)),
-        "message": message,
-    }
+    return {"time": _rfc3164(ms), "host": rng.choice(HOSTS), "ident": ident, "pid": str(rng.randint(300, 65000)),
+            "message": message}
 
 
 def _http(rng: random.Random) -> dict[str, str]:
     """One access-log request, with the field names of Fluent Bit's nginx and apache2 parsers."""
-    path = rng.choice(PATHS).format(
-        n=rng.randint(1, 99999), h=f"{rng.getrandbits(32):08x}", w=rng.choice(WORDS), p=rng.randint(1, 9)
-    )
+    path = rng.choice(PATHS).format(n=rng.randint(1, 99999), h=f"{rng.getrandbits(32):08x}", w=rng.choice(WORDS),
+                                    p=rng.randint(1, 9))
     status = _weighted(rng, STATUSES)
     size = 0 if status in (204, 301, 304) else rng.randint(120, 250_000)
     user = rng.choice(USERS) if rng.random() < 0.1 else "-"
-    return {
-        "remote": _ip(rng),
-        "user": user,
-        "method": _weighted(rng, METHODS),
-        "path": path,
-        "code": str(status),
-        "size": str(size),
-        "referer": rng.choice(REFERERS).format(w=rng.choice(WORDS)),
-        "agent": rng.choice(AGENTS),
-    }
+    return {"remote": _ip(rng), "user": user, "method": _weighted(rng, METHODS), "path": path, "code": str(status),
+            "size": str(size), "referer": rng.choice(REFERERS).format(w=rng.choice(WORDS)),
+            "agent": rng.choice(AGENTS)}
 
 
 def pre_sshd(rng: random.Random, ms: int) -> Record:
@@ -240,10 +168,8 @@ def raw_sshd(rng: random.Random, ms: int) -> Record:
 
 def raw_nginx(rng: random.Random, ms: int) -> Record:
     h = _http(rng)
-    return {
-        "log": f'{h["remote"]} - {h["user"]} [{_clf(ms)}] "{h["method"]} {h["path"]} HTTP/1.1" {h["code"]} '
-        f'{h["size"]} "{h["referer"]}" "{h["agent"]}"'
-    }
+    return {"log": f'{h["remote"]} - {h["user"]} [{_clf(ms)}] "{h["method"]} {h["path"]} HTTP/1.1" {h["code"]} '
+                   f'{h["size"]} "{h["referer"]}" "{h["agent"]}"'}
 
 
 def raw_auditd(rng: random.Random, ms: int) -> Record:
@@ -256,44 +182,30 @@ def raw_auditd(rng: random.Random, ms: int) -> Record:
     if kind < 0.45:
         args = " ".join(f"a{i}={rng.getrandbits(40):x}" for i in range(4))
         ids = " ".join(f"{name}={uid}" for name in ("uid", "gid", "euid", "suid", "fsuid", "egid", "sgid", "fsgid"))
-        return {
-            "log": f"{node} type=SYSCALL msg={stamp}: arch=c000003e syscall=59 success=yes exit=0 {args} items=2 "
-            f"ppid={rng.randint(2, 40000)} pid={rng.randint(2, 40000)} auid={uid} {ids} "
-            f'tty=pts{rng.randint(0, 9)} ses={rng.randint(1, 400)} comm="{comm}" exe="{exe}" '
-            'subj=unconfined key="exec_watch"'
-        }
+        return {"log": f"{node} type=SYSCALL msg={stamp}: arch=c000003e syscall=59 success=yes exit=0 {args} items=2 "
+                       f"ppid={rng.randint(2, 40000)} pid={rng.randint(2, 40000)} auid={uid} {ids} "
+                       f'tty=pts{rng.randint(0, 9)} ses={rng.randint(1, 400)} comm="{comm}" exe="{exe}" '
+                       'subj=unconfined key="exec_watch"'}
     if kind < 0.85:
         target = f"https://updates.example.com/pkg/{rng.getrandbits(24):06x}.tar.gz"
         return {"log": f'{node} type=EXECVE msg={stamp}: argc=3 a0="{comm}" a1="-s" a2="{target}"'}
     result = "success" if rng.random() < 0.7 else "failed"
-    return {
-        "log": f"{node} type=USER_AUTH msg={stamp}: pid={rng.randint(300, 65000)} uid=0 auid=4294967295 "
-        f'ses=4294967295 msg=\'op=PAM:authentication grantors=pam_unix acct="{rng.choice(USERS)}" '
-        f'exe="/usr/sbin/sshd" hostname={_ip(rng)} addr={_ip(rng)} terminal=ssh res={result}\''
-    }
+    return {"log": f"{node} type=USER_AUTH msg={stamp}: pid={rng.randint(300, 65000)} uid=0 auid=4294967295 "
+                   f"ses=4294967295 msg='op=PAM:authentication grantors=pam_unix acct=\"{rng.choice(USERS)}\" "
+                   f"exe=\"/usr/sbin/sshd\" hostname={_ip(rng)} addr={_ip(rng)} terminal=ssh res={result}'"}
 
 
 def _identity(rng: random.Random) -> Record:
     user = rng.choice(USERS)
     if rng.random() < 0.4:
-        return {
-            "type": "IAMUser",
-            "principalId": f"AIDA{rng.getrandbits(64):016X}",
-            "arn": f"arn:aws:iam::{ACCOUNT}:user/{user}",
-            "accountId": ACCOUNT,
-            "userName": user,
-        }
+        return {"type": "IAMUser", "principalId": f"AIDA{rng.getrandbits(64):016X}",
+                "arn": f"arn:aws:iam::{ACCOUNT}:user/{user}", "accountId": ACCOUNT, "userName": user}
     role = rng.choice(("ci-deployer", "ReadOnly", "lambda-exec", "Admin"))
-    return {
-        "type": "AssumedRole",
-        "principalId": f"AROA{rng.getrandbits(64):016X}:{user}",
-        "arn": f"arn:aws:sts::{ACCOUNT}:assumed-role/{role}/{user}",
-        "accountId": ACCOUNT,
-        "sessionContext": {
-            "sessionIssuer": {"type": "Role", "arn": f"arn:aws:iam::{ACCOUNT}:role/{role}", "userName": role},
-            "attributes": {"creationDate": "2026-01-01T00:00:00Z", "mfaAuthenticated": "false"},
-        },
-    }
+    return {"type": "AssumedRole", "principalId": f"AROA{rng.getrandbits(64):016X}:{user}",
+            "arn": f"arn:aws:sts::{ACCOUNT}:assumed-role/{role}/{user}", "accountId": ACCOUNT,
+            "sessionContext": {"sessionIssuer": {"type": "Role", "arn": f"arn:aws:iam::{ACCOUNT}:role/{role}",
+                                                 "userName": role},
+                               "attributes": {"creationDate": "2026-01-01T00:00:00Z", "mfaAuthenticated": "false"}}}
 
 
 def cloudtrail(rng: random.Random, ms: int) -> Record:
@@ -301,34 +213,19 @@ def cloudtrail(rng: random.Random, ms: int) -> Record:
     source, name, _ = rng.choices(CLOUDTRAIL, [w for _, _, w in CLOUDTRAIL])[0]
     internal = source in ("kms.amazonaws.com",) and rng.random() < 0.7
     record: Record = {
-        "eventVersion": "1.09",
-        "userIdentity": _identity(rng),
-        "eventTime": _iso(ms)[:19] + "Z",
-        "eventSource": source,
-        "eventName": name,
-        "awsRegion": rng.choice(("us-east-1", "eu-west-1", "ap-south-1")),
+        "eventVersion": "1.09", "userIdentity": _identity(rng), "eventTime": _iso(ms)[:19] + "Z",
+        "eventSource": source, "eventName": name, "awsRegion": rng.choice(("us-east-1", "eu-west-1", "ap-south-1")),
         "sourceIPAddress": "AWS Internal" if internal else _ip(rng),
         "userAgent": "AWS Internal" if internal else rng.choice(("aws-cli/2.17.0", "Boto3/1.34.0", AGENTS[1])),
-        "requestParameters": {
-            "bucketName": f"logs-{rng.randint(1, 9)}.example.com",
-            "key": f"app/{rng.getrandbits(32):08x}.json",
-        }
-        if source == "s3.amazonaws.com"
-        else None,
-        "responseElements": None,
-        "eventID": _uuid(rng),
-        "readOnly": name.startswith(("Get", "Describe", "Decrypt")),
-        "eventType": "AwsApiCall",
-        "managementEvent": True,
-        "recipientAccountId": ACCOUNT,
+        "requestParameters": {"bucketName": f"logs-{rng.randint(1, 9)}.example.com",
+                              "key": f"app/{rng.getrandbits(32):08x}.json"} if source == "s3.amazonaws.com" else None,
+        "responseElements": None, "eventID": _uuid(rng), "readOnly": name.startswith(("Get", "Describe", "Decrypt")),
+        "eventType": "AwsApiCall", "managementEvent": True, "recipientAccountId": ACCOUNT,
     }
     if name == "ConsoleLogin":
         outcome = "Success" if rng.random() < 0.8 else "Failure"
-        record.update(
-            eventType="AwsConsoleSignIn",
-            responseElements={"ConsoleLogin": outcome},
-            additionalEventData={"MFAUsed": rng.choice(("Yes", "No"))},
-        )
+        record.update(eventType="AwsConsoleSignIn", responseElements={"ConsoleLogin": outcome},
+                      additionalEventData={"MFAUsed": rng.choice(("Yes", "No"))})
         if outcome == "Failure":
             record["errorMessage"] = "Failed authentication"
     elif rng.random() < 0.05:
@@ -339,83 +236,40 @@ def cloudtrail(rng: random.Random, ms: int) -> Record:
 def k8s_audit(rng: random.Random, ms: int) -> Record:
     verb, resource, namespace = _weighted(rng, K8S_VERBS), rng.choice(K8S_RESOURCES), rng.choice(("shop", "ci", "ops"))
     name = f"{resource[:-1]}-{rng.getrandbits(20):05x}"
-    user = rng.choice(
-        (
-            f"system:serviceaccount:{namespace}:deployer",
-            f"{rng.choice(USERS)}@example.com",
-            "system:node:worker-1",
-            "system:kube-controller-manager",
-        )
-    )
-    return {
-        "kind": "Event",
-        "apiVersion": "audit.k8s.io/v1",
-        "level": "Metadata",
-        "auditID": _uuid(rng),
-        "stage": "ResponseComplete",
-        "requestURI": f"/api/v1/namespaces/{namespace}/{resource}/{name}",
-        "verb": verb,
-        "user": {"username": user, "groups": ["system:authenticated"]},
-        "sourceIPs": [_ip(rng)],
-        "userAgent": "kubectl/v1.29.2 (linux/amd64) kubernetes/4b8e819",
-        "objectRef": {"resource": resource, "namespace": namespace, "name": name, "apiVersion": "v1"},
-        "responseStatus": {"metadata": {}, "code": 403 if rng.random() < 0.05 else 200},
-        "requestReceivedTimestamp": _iso(ms),
-        "stageTimestamp": _iso(ms + 3),
-    }
+    user = rng.choice((f"system:serviceaccount:{namespace}:deployer", f"{rng.choice(USERS)}@example.com",
+                       "system:node:worker-1", "system:kube-controller-manager"))
+    return {"kind": "Event", "apiVersion": "audit.k8s.io/v1", "level": "Metadata", "auditID": _uuid(rng),
+            "stage": "ResponseComplete", "requestURI": f"/api/v1/namespaces/{namespace}/{resource}/{name}",
+            "verb": verb, "user": {"username": user, "groups": ["system:authenticated"]},
+            "sourceIPs": [_ip(rng)], "userAgent": "kubectl/v1.29.2 (linux/amd64) kubernetes/4b8e819",
+            "objectRef": {"resource": resource, "namespace": namespace, "name": name, "apiVersion": "v1"},
+            "responseStatus": {"metadata": {}, "code": 403 if rng.random() < 0.05 else 200},
+            "requestReceivedTimestamp": _iso(ms), "stageTimestamp": _iso(ms + 3)}
 
 
 def ocsf_event(rng: random.Random, ms: int) -> Record:
     """An OCSF Authentication event as a shipper that maps itself sends it (class_uid present)."""
     success = rng.random() < 0.7
-    return {
-        "class_uid": 3002,
-        "activity_id": 1,
-        "severity_id": 1 if success else 3,
-        "time": ms,
-        "status_id": 1 if success else 2,
-        "user": {"name": rng.choice(USERS), "type_id": 1},
-        "src_endpoint": {"ip": _ip(rng), "port": rng.randint(1024, 65535)},
-        "dst_endpoint": {"hostname": f"{rng.choice(HOSTS)}.example.com"},
-        "auth_protocol_id": rng.choice((0, 1, 2)),
-        "is_mfa": rng.random() < 0.5,
-        "metadata": {"uid": _uuid(rng), "product": {"name": "idp-gateway", "vendor_name": "example"}},
-    }
+    return {"class_uid": 3002, "activity_id": 1, "severity_id": 1 if success else 3, "time": ms,
+            "status_id": 1 if success else 2, "user": {"name": rng.choice(USERS), "type_id": 1},
+            "src_endpoint": {"ip": _ip(rng), "port": rng.randint(1024, 65535)},
+            "dst_endpoint": {"hostname": f"{rng.choice(HOSTS)}.example.com"},
+            "auth_protocol_id": rng.choice((0, 1, 2)), "is_mfa": rng.random() < 0.5,
+            "metadata": {"uid": _uuid(rng), "product": {"name": "idp-gateway", "vendor_name": "example"}}}
 
 
 KINDS: Final[dict[str, Maker]] = {
-    "pre.sshd": pre_sshd,
-    "pre.sudo": pre_sudo,
-    "pre.nginx": pre_nginx,
-    "pre.apache": pre_apache,
-    "raw.sshd": raw_sshd,
-    "raw.nginx": raw_nginx,
-    "raw.auditd": raw_auditd,
-    "aws.cloudtrail": cloudtrail,
-    "k8s.audit": k8s_audit,
-    "ocsf.events": ocsf_event,
+    "pre.sshd": pre_sshd, "pre.sudo": pre_sudo, "pre.nginx": pre_nginx, "pre.apache": pre_apache,
+    "raw.sshd": raw_sshd, "raw.nginx": raw_nginx, "raw.auditd": raw_auditd, "aws.cloudtrail": cloudtrail,
+    "k8s.audit": k8s_audit, "ocsf.events": ocsf_event,
 }
 # Mix → (tag, weight): the share of each kind of record.
 MIXES: Final[dict[str, tuple[tuple[str, int], ...]]] = {
-    "preparsed": (
-        ("pre.sshd", 25),
-        ("pre.nginx", 30),
-        ("pre.sudo", 10),
-        ("pre.apache", 15),
-        ("aws.cloudtrail", 10),
-        ("k8s.audit", 10),
-    ),
+    "preparsed": (("pre.sshd", 25), ("pre.nginx", 30), ("pre.sudo", 10), ("pre.apache", 15), ("aws.cloudtrail", 10),
+                  ("k8s.audit", 10)),
     "raw": (("raw.sshd", 50), ("raw.nginx", 50)),
-    "mixed": (
-        ("pre.sshd", 8),
-        ("pre.nginx", 12),
-        ("pre.sudo", 4),
-        ("raw.sshd", 12),
-        ("raw.nginx", 20),
-        ("raw.auditd", 12),
-        ("aws.cloudtrail", 12),
-        ("ocsf.events", 20),
-    ),
+    "mixed": (("pre.sshd", 8), ("pre.nginx", 12), ("pre.sudo", 4), ("raw.sshd", 12), ("raw.nginx", 20),
+              ("raw.auditd", 12), ("aws.cloudtrail", 12), ("ocsf.events", 20)),
     "ocsf": (("ocsf.events", 1),),
     "sshd": (("raw.sshd", 1),),
 }

@@ -42,12 +42,8 @@ def _fluent_bit(records: int, start_ms: int, enabled: bool) -> dict[str, Any]:
     items = generate("mixed", records, start_ms)
     timeout = max(120.0, records / 200)  # generous: a stall fails the run, a slow machine does not
     to_sink, baseline = fluentbit.to_sink(items, timeout), fluentbit.baseline(items, timeout)
-    return {
-        "binary": fluentbit.FLUENT_BIT,
-        "to_sink": to_sink,
-        "baseline": baseline,
-        "sink_over_baseline": round(to_sink["records_per_sec"] / baseline["records_per_sec"], 3),
-    }
+    return {"binary": fluentbit.FLUENT_BIT, "to_sink": to_sink, "baseline": baseline,
+            "sink_over_baseline": round(to_sink["records_per_sec"] / baseline["records_per_sec"], 3)}
 
 
 def checks(result: dict[str, Any]) -> dict[str, bool]:

@@ -132,12 +132,8 @@ def pipeline(frames: Sequence[Frame], rule_records: int, rule_rounds: int) -> di
     for rule in builtin_rule_names():
         if (map_rules.FIXTURES / f"{rule}.input.ndjson").exists():
             rate, cpu_rate, mapped, dead = map_rules.bench(rule, rule_records, rule_rounds)
-            rules[rule] = {
-                "records_per_sec": round(rate),
-                "records_per_cpu_sec": round(cpu_rate),
-                "mapped": mapped,
-                "dead_letters": dead,
-            }
+            rules[rule] = {"records_per_sec": round(rate), "records_per_cpu_sec": round(cpu_rate),
+                           "mapped": mapped, "dead_letters": dead}
     return {
         "decode": decoding.figures(chunks=len(chunks)),
         "map": mapping.figures(mapped=result.mapped, dead_letters=len(result.dead)),
@@ -183,9 +179,8 @@ def floor(frames: Sequence[Frame]) -> dict[str, Any]:
     by_tag, decoding = timed(lambda: _plain_decode(frames), lambda d: sum(len(v) for v in d.values()))
     built, building = timed(lambda: [_table(rs) for rs in by_tag.values()], lambda ts: sum(t.num_rows for t, _ in ts))
     sizes, writing = timed(lambda: [_write(t) for t, _ in built], lambda _: building.records)
-    total = Timing(
-        decoding.records, decoding.wall + building.wall + writing.wall, decoding.cpu + building.cpu + writing.cpu
-    )
+    total = Timing(decoding.records, decoding.wall + building.wall + writing.wall,
+                   decoding.cpu + building.cpu + writing.cpu)
     return total.figures(
         decode=decoding.figures(),
         arrow=building.figures(inferred_tags=sum(ok for _, ok in built), string_tags=sum(not ok for _, ok in built)),

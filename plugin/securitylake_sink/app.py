@@ -328,6 +328,7 @@ class App:
         self.delivery.queued.update(batch.path.name for batch in sealed)
         return sealed + self.delivery.put_back()
 
+
     @staticmethod
     def _decode(payload: bytes | memoryview) -> Chunk:
         spooled = decode_chunk(payload)

@@ -95,9 +95,8 @@ def test_a_full_spool_holds_the_shipper_back_and_loses_nothing(tmp_path: Path) -
     # and whose spool takes at most 1 MiB
     port = free_port()
     config = write_config(
-        tmp_path,
-        port,
-        extra=f'batch: {{max_age_secs: 0.5}}\nspool: {{path: "{tmp_path / "spool"}", max_bytes: {SPOOL_MAX_BYTES}}}\n',
+        tmp_path, port, extra=f"batch: {{max_age_secs: 0.5}}\nspool: {{path: \"{tmp_path / 'spool'}\", "
+        f"max_bytes: {SPOOL_MAX_BYTES}}}\n"
     )
     config.write_text(config.read_text().replace(f'spool: {{path: "{tmp_path / "spool"}"}}\n', "", 1))
     lake = tmp_path / "lake"
@@ -147,8 +146,6 @@ def test_a_full_spool_holds_the_shipper_back_and_loses_nothing(tmp_path: Path) -
     assert len(ids) == CHUNKS * RECORDS_PER_CHUNK
     assert set(ids.values()) == {1}
     assert not list((tmp_path / "spool" / "sealed").iterdir())
-    print(
-        f"backpressure: held after {held_at} of {CHUNKS} chunks; RSS idle {idle_rss} kB, "
-        f"held {held_rss} kB, peak {peak_rss} kB"
-    )
+    print(f"backpressure: held after {held_at} of {CHUNKS} chunks; RSS idle {idle_rss} kB, "
+          f"held {held_rss} kB, peak {peak_rss} kB")
     shutil.rmtree(tmp_path / "spool", ignore_errors=True)

@@ -128,10 +128,7 @@ def test_plan_shows_the_spool_limit_as_set_or_as_its_default(tmp_path: Path) -> 
     assert "spool limit  10% of free disk" in shown_default.stdout
     assert "spool limit  2097152 bytes" in shown_limited.stdout
     assert plan["spool"] | {"path": None} == {
-        "path": None,
-        "max_bytes": 2097152,
-        "dedup_tokens": 50,
-        "dedup_secs": 60.0,
+        "path": None, "max_bytes": 2097152, "dedup_tokens": 50, "dedup_secs": 60.0
     }
 
 

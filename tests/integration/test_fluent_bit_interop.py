@@ -72,7 +72,7 @@ def test_fluent_bit_with_shared_key_and_tls(tmp_path: Path) -> None:
             forward,
             f'  forward:\n    address: "127.0.0.1:{port}"\n    shared_key: "{KEY}"\n'
             f'    tls: {{cert_file: "{cert_file}", key_file: "{key_file}"}}\n'
-            "  metrics: {enabled: false}\n",
+            '  metrics: {enabled: false}\n',
         )
     )
     sink = SinkProcess(config, port, tmp_path / "sink.log")

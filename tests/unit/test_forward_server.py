@@ -271,7 +271,8 @@ async def test_oversized_frame_closes_the_connection(caplog: pytest.LogCaptureFi
         await close_client(writer)
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert any(
-        getattr(r, "reason", None) == "frame over max_frame_bytes" and getattr(r, "peer", None) for r in warnings
+        getattr(r, "reason", None) == "frame over max_frame_bytes" and getattr(r, "peer", None)
+        for r in warnings
     )
 
 

@@ -242,7 +242,9 @@ AUTH_TYPES_110: list[tuple[str, pa.DataType | None]] = [
 
 
 @pytest.mark.parametrize(("path", "expected"), AUTH_TYPES_110)
-def test_authentication_110_types(v110: OcsfSchema, path: str, expected: pa.DataType | None) -> None:
+def test_authentication_110_types(
+    v110: OcsfSchema, path: str, expected: pa.DataType | None
+) -> None:
     found = field_at(v110.arrow_schema(3002), path)
     if expected is None:
         assert found is None, path

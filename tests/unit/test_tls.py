@@ -72,11 +72,13 @@ async def servers() -> AsyncIterator[list[ForwardServer]]:
         await server.close()
 
 
-async def serve(
-    servers: list[ForwardServer], cfg: Config, handshake: SharedKeyHandshake | None = None
-) -> tuple[ForwardServer, RecordingSink]:
+async def serve(servers: list[ForwardServer], cfg: Config, handshake: SharedKeyHandshake | None = None) -> tuple[
+    ForwardServer, RecordingSink
+]:
     sink = RecordingSink()
-    server = ForwardServer(sink, host="127.0.0.1", port=0, ssl=context_for(cfg.listen.forward.tls), handshake=handshake)
+    server = ForwardServer(
+        sink, host="127.0.0.1", port=0, ssl=context_for(cfg.listen.forward.tls), handshake=handshake
+    )
     await server.start()
     servers.append(server)
     return server, sink

@@ -82,7 +82,9 @@ def load_schema(version: str = DEFAULT_VERSION) -> OcsfSchema:
 def _load(version: str) -> OcsfSchema:
     known = bundled_versions()
     if version not in known:
-        raise SchemaError(f"OCSF version {version!r} is not bundled; bundled versions: {', '.join(known)}")
+        raise SchemaError(
+            f"OCSF version {version!r} is not bundled; bundled versions: {', '.join(known)}"
+        )
     res = resources.files(_DATA_PACKAGE).joinpath("data", f"ocsf-{version}.json.gz")
     with res.open("rb") as fh, gzip.open(fh, "rt", encoding="utf-8") as text:
         raw: dict[str, Any] = json.load(text)
@@ -198,7 +200,11 @@ class OcsfSchema:
             profiles=tuple(cls.get("profiles") or ()),
             activities=activity_enum.values if activity_enum else MappingProxyType({}),
             required=tuple(
-                sorted(n for n, a in attrs.items() if a.get("requirement") == "required" and not a.get("profile"))
+                sorted(
+                    n
+                    for n, a in attrs.items()
+                    if a.get("requirement") == "required" and not a.get("profile")
+                )
             ),
             attributes=MappingProxyType(dict(attrs)),
         )
@@ -224,11 +230,14 @@ class OcsfSchema:
                 where = ".".join(parents[: i + 1])
                 what = "has no attribute" if attr is None else "has a non-object"
                 raise SchemaError(
-                    f"OCSF {self.version} class {class_uid} {what} {where!r}, so {dotted_path!r} does not exist"
+                    f"OCSF {self.version} class {class_uid} {what} {where!r}, "
+                    f"so {dotted_path!r} does not exist"
                 )
             attrs = obj["attributes"]
         if leaf not in attrs:
-            raise SchemaError(f"OCSF {self.version} class {class_uid} has no attribute {dotted_path!r}")
+            raise SchemaError(
+                f"OCSF {self.version} class {class_uid} has no attribute {dotted_path!r}"
+            )
         return _int_enum(attrs[leaf])
 
     # ------------------------------------------------------------------- arrow
@@ -241,7 +250,9 @@ class OcsfSchema:
         if schema is None:
             attrs: Mapping[str, Mapping[str, Any]] = self._class_raw(class_uid)["attributes"]
             fields = self._fields(attrs, level=1)
-            schema = pa.schema(fields).with_metadata({"ocsf.version": self.version, "ocsf.class_uid": str(class_uid)})
+            schema = pa.schema(fields).with_metadata(
+                {"ocsf.version": self.version, "ocsf.class_uid": str(class_uid)}
+            )
             self._arrow[class_uid] = schema
         return schema
 

@@ -100,6 +100,7 @@ log = logging.getLogger("securitylake_sink.spool")
 DECODED_EXPANSION = 5
 
 
+
 def _cache_weight(chunk: Chunk) -> int:
     """What a chunk kept in the log's cache takes in memory: its bytes, or several times that
     once its records are built."""

@@ -260,11 +260,8 @@ class WriteAheadLog:
         place, or the start of the next segment when ``cursor`` is at the end of its own."""
         if start == cursor:
             return True
-        return (
-            start.offset == 0
-            and start.segment == cursor.segment + 1
-            and self._segment_sizes.get(cursor.segment) == cursor.offset
-        )
+        return (start.offset == 0 and start.segment == cursor.segment + 1
+                and self._segment_sizes.get(cursor.segment) == cursor.offset)
 
     def read_from(
         self, cursor: WalPosition, limit: int, max_bytes: int | None = None
