@@ -127,6 +127,14 @@ class SinkProcess:
         self.proc.wait(10)
         self._log.close()
 
+    def __enter__(self) -> SinkProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """A test that fails before ``stop`` leaves no sink running."""
+        if self.proc.poll() is None:
+            self.kill()
+
 
 def read_lake(lake: Path) -> pa.Table:
     """Every object in a local lake as one table, with its key as ``_key``."""

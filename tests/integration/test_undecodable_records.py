@@ -52,12 +52,12 @@ def test_bytes_that_are_not_utf8_in_tag_and_records_are_replaced_where_they_land
     # GIVEN a tag and records holding bytes that are not UTF-8 (Fluentd sends binary as str): an
     # sshd line and an unused field, and a record no rule takes
     odd = b"\xff".decode("utf-8", "surrogateescape")
-    sink = SinkProcess(config, port, tmp_path / "sink.log")
-    with ForwardClient("127.0.0.1", port, timeout=10) as client:
-        line = SSHD_LINE.replace("alice", f"al{odd}ice")
-        client.send(f"host.{odd}", [(now, {"log": line, "note": f"n{odd}"}), (now, {"other": f"x{odd}"})])
-    # WHEN the sink stops
-    assert sink.stop() == 0, sink.log()
+    with SinkProcess(config, port, tmp_path / "sink.log") as sink:
+        with ForwardClient("127.0.0.1", port, timeout=10) as client:
+            line = SSHD_LINE.replace("alice", f"al{odd}ice")
+            client.send(f"host.{odd}", [(now, {"log": line, "note": f"n{odd}"}), (now, {"other": f"x{odd}"})])
+        # WHEN the sink stops
+        assert sink.stop() == 0, sink.log()
     # THEN the sshd record is in the lake with the byte replaced, and the other is a dead letter
     (row,) = read_lake(tmp_path / "lake").to_pylist()
     assert row["user"]["name"] == "al?ice"
