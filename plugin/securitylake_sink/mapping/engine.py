@@ -44,18 +44,14 @@ class Outcome:
     declined: list[int] = field(default_factory=list)
 
 
-Constants = dict[AttrPath, tuple[Any, pa.DataType]]  # columns with one value on every row
-
-
 def _derive(
-    values: dict[AttrPath, pa.Array], consts: Constants, event: CompiledEvent, frame: Frame, rule: CompiledRule
+    values: dict[AttrPath, pa.Array], event: CompiledEvent, frame: Frame, rule: CompiledRule
 ) -> None:
     """Fill what OCSF derives: ids, names, type, captions, time, metadata, raw_data."""
     n, info = frame.n, event.info
     int32 = pa.int32()
 
     def fixed(path: AttrPath, value: Any, t: pa.DataType) -> None:
-        consts[path] = (value, t)
         values[path] = constant(value, t, n)
 
     fixed(("class_uid",), event.class_uid, int32)
@@ -91,25 +87,21 @@ def _derive(
         values[("raw_data",)] = frame.line
 
 
-def map_event(
-    event: CompiledEvent, frame: Frame, rule: CompiledRule
-) -> tuple[dict[AttrPath, pa.Array], Constants, Faults]:
-    """The columns of one class's events for every row of ``frame`` (those with one value on
-    every row also listed as constants), and the rows that failed to cast."""
+def map_event(event: CompiledEvent, frame: Frame, rule: CompiledRule) -> tuple[dict[AttrPath, pa.Array], Faults]:
+    """The columns of one class's events for every row of ``frame``, and the rows that failed
+    to cast."""
     faults = Faults()
     evaluator = Evaluator(frame, rule.functions, faults)
     values: dict[AttrPath, pa.Array] = {}
-    consts: Constants = {}
     for attr in event.attrs:
         if isinstance(attr.spec, Const):
-            consts[attr.path] = (attr.spec.value, attr.type)
             values[attr.path] = constant(attr.spec.value, attr.type, frame.n)
         else:
             values[attr.path] = evaluator.value(attr.spec, attr.type, attr.label)
-    _derive(values, consts, event, frame, rule)
+    _derive(values, event, frame, rule)
     extras = [(key, evaluator.value(spec, pa.string(), f"unmapped.{key}")) for key, spec in event.unmapped]
     values[("unmapped",)] = merge_unmapped(frame.unmapped, extras)
-    return values, consts, faults
+    return values, faults
 
 
 def _check(
@@ -132,7 +124,7 @@ def _map_rows(
     # pulled and captured column first.
     whole = len(rows) * 2 >= frame.n
     sub = frame if whole else frame.take(rows)
-    values, _, faults = map_event(event, sub, rule)
+    values, faults = map_event(event, sub, rule)
     checked = assemble(event.schema, values, sub.n)
     bad, reasons = _check(checked, faults, schema, event.class_uid)
     keep = pc.and_(takes, pc.invert(bad)) if whole else pc.invert(bad)
