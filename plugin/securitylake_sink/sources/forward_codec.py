@@ -410,27 +410,23 @@ def _meta(mode: str, options: Mapping[Any, Any]) -> dict[str, str]:
     return meta
 
 
-def forward_entries(items: Iterable[object], metadata: Mapping[Any, Any] | None = None) -> tuple[Entry, ...]:  # noqa: PLR0912
+def forward_entries(items: Iterable[object], metadata: Mapping[Any, Any] | None = None) -> tuple[Entry, ...]:
     """Decode ``[time, record]`` / ``[[time, metadata], record]`` items, skipping group markers."""
     entries: list[Entry] = []
     no_metadata = metadata or None
     for item in items:
-        # The usual entries take the short way (one per record).
+        # The usual entries take the short way (one per record): [EventTime, {record}], and
+        # Fluent Bit's [[EventTime, {metadata}], {record}] (its usual metadata is {}).
         if type(item) is list and len(item) == 2:
             when, record = item
+            meta = no_metadata
+            if type(when) is list and len(when) == 2 and type(when[1]) is dict:
+                when, meta = when[0], when[1] or None
             if type(when) is EventTime and type(record) is dict:
                 seconds = when // _NS_PER_SEC
                 if 0 < seconds <= _MAX_SECONDS and seconds not in _GROUP_MARKER_SECONDS:
-                    entries.append(Entry(int(when), record, no_metadata))
+                    entries.append(Entry(int(when), record, meta))
                     continue
-            # Fluent Bit's [[EventTime, {metadata}], {record}] (its usual metadata is {})
-            elif type(when) is list and len(when) == 2 and type(record) is dict:
-                stamp, meta = when
-                if type(stamp) is EventTime and type(meta) is dict:
-                    seconds = stamp // _NS_PER_SEC
-                    if 0 < seconds <= _MAX_SECONDS and seconds not in _GROUP_MARKER_SECONDS:
-                        entries.append(Entry(int(stamp), record, meta or None))
-                        continue
         if not isinstance(item, list) or len(item) != 2:
             raise ProtocolError("entry is not [time, record]")
         when, record = item
