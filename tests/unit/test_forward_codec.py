@@ -545,6 +545,16 @@ def _outcome(run: Any) -> tuple[str, object]:
         return "error", str(exc)
 
 
+def _comparable(outcome: tuple[str, object]) -> tuple[object, ...]:
+    """An outcome with its chunk's entries as text: a float that a changed byte made NaN equals
+    itself there, and nowhere else."""
+    kind, value = outcome
+    if not isinstance(value, Chunk):
+        return (kind, value)
+    entries = repr(tuple(value.entries))
+    return (kind, value.kind, value.tag, entries, value.raw, value.token, value.received_ns, value.meta)
+
+
 def _eager(raw: bytes) -> Chunk | None:
     return decode_frame(unpack_frame(raw), raw, 7)
 
@@ -590,7 +600,7 @@ def test_scan_agrees_with_decoding(  # noqa: PLR0917 (hypothesis draws each argu
     eager = _outcome(lambda: _eager(raw))
     scanned = _outcome(lambda: scan_frame(raw, 7))
     if eager[0] == "ok":
-        assert scanned == eager
+        assert _comparable(scanned) == _comparable(eager)
         chunk = scanned[1]
         if chunk is not None:
             assert isinstance(chunk, Chunk)
