@@ -3,25 +3,32 @@
 
 Most leaf columns of a class schema are null on every row of an object. Those whose parents are
 present on every row (or that are top-level) are written uncompressed and without a dictionary:
-their pages hold one run of definition levels, which zstd only makes bigger, at the cost of a
-compression context each."""
+their pages hold one run of definition levels, which zstd only makes bigger.
+
+Arrow's writer spends most of an object's time on those columns, walking their levels row by
+row. So pyarrow writes only the other columns, and :mod:`.splice` adds the null ones' column
+chunks and the full footer by hand. The bytes are those pyarrow writes for the whole table
+(``encode_parquet(table, splice=False)``); a test holds the two to that."""
 
 from __future__ import annotations
 
 __all__ = ["encode_parquet", "leaf_columns"]
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from securitylake_sink.columnar import is_ascending
+from securitylake_sink.encode import splice
 
 # Security Lake custom-source best practices: data pages ≤ 1 MB, row groups ≤ 256 MB.
 DATA_PAGE_BYTES = 1024 * 1024
 ROW_GROUP_BYTES = 256 * 1024 * 1024
 COMPRESSION = "zstd"
+STATISTICS = ("time",)
 
 
 def _leaves(t: pa.DataType, path: str) -> Iterator[str]:
@@ -38,39 +45,162 @@ def _leaves(t: pa.DataType, path: str) -> Iterator[str]:
         yield path
 
 
-def _walk(arrays: Sequence[pa.Array], t: pa.DataType, path: str, steady: bool, out: dict[str, bool]) -> None:
-    """Mark each leaf under ``path``: False when it is null on every row and its definition
-    levels are one run (``steady``: no ancestor is null on some rows, none is a list), else True."""
-    empty = all(a.null_count == len(a) for a in arrays)
-    if empty and steady:
-        out.update((leaf, False) for leaf in _leaves(t, path))
-    elif pa.types.is_struct(t) and not empty:
-        steady = steady and all(a.null_count == 0 for a in arrays)
-        for i, f in enumerate(t):
-            _walk([a.field(i) for a in arrays], f.type, f"{path}.{f.name}", steady, out)
-    else:  # a leaf, a list or a map, or null on every row under an uneven parent
-        out.update((leaf, True) for leaf in _leaves(t, path))
+@dataclass(frozen=True)
+class _Node:
+    """A node of the table's type tree being planned: its arrays (one per chunk), where it sits
+    (``steady``: no ancestor is null on some rows or is a list; ``level``: its nullable
+    ancestors, all present when steady; ``anchor``: its nearest ancestor not null on every row)."""
+
+    arrays: Sequence[pa.Array]
+    type: pa.DataType
+    path: str
+    nullable: bool
+    steady: bool = True
+    level: int = 0
+    anchor: str = ""
+
+    def children(self) -> Iterator[_Node]:
+        empty = all(a.null_count == len(a) for a in self.arrays)
+        steady = self.steady and all(a.null_count == 0 for a in self.arrays)
+        level = self.level + self.nullable
+        anchor = self.anchor if empty else self.path
+        for i, f in enumerate(self.type):
+            arrays = [a.field(i) for a in self.arrays]
+            yield _Node(arrays, f.type, f"{self.path}.{f.name}", f.nullable, steady, level, anchor)
+
+
+@dataclass
+class _Plan:
+    """How each leaf is written. ``levels``: its constant definition level, or None when its
+    levels vary. ``written``: whether pyarrow writes it. ``copies``: leaves null on every row
+    under an object present on some rows only, by the leaf pyarrow writes whose pages they share.
+    ``partial``: the structs pyarrow writes only some fields of; ``dropped``: the nodes it
+    writes nothing under."""
+
+    info: Sequence[splice.Leaf]
+    levels: dict[str, int | None] = field(default_factory=dict)
+    written: dict[str, bool] = field(default_factory=dict)
+    copies: dict[str, str] = field(default_factory=dict)
+    partial: set[str] = field(default_factory=set)
+    dropped: set[str] = field(default_factory=set)
+    firsts: dict[tuple[object, ...], str] = field(default_factory=dict)
+
+    def walk(self, node: _Node) -> str:
+        """Plan the leaves under ``node``; "all", "some" or "none" of them written by pyarrow.
+
+        A leaf's levels are constant when it is null on every row and its node is steady.
+        Leaves null on every row under the same anchor, of the same type and depth, have the
+        same levels, so pyarrow writes the first of them and the others copy its pages."""
+        empty = all(a.null_count == len(a) for a in node.arrays)
+        if empty and node.steady and node.path not in STATISTICS:
+            for leaf in _leaves(node.type, node.path):
+                self.levels[leaf] = node.level
+                self.written[leaf] = False
+            self.dropped.add(node.path)
+            return "none"
+        if pa.types.is_struct(node.type):
+            return self._struct(node, empty)
+        if empty:
+            return self._copied(node)
+        for leaf in _leaves(node.type, node.path):  # a leaf that holds values, a list or a map
+            self.levels[leaf] = None
+            self.written[leaf] = True
+        return "all"
+
+    def _struct(self, node: _Node, empty: bool) -> str:
+        results = [self.walk(child) for child in node.children()]
+        if all(r == "none" for r in results):
+            if empty:
+                self.dropped.add(node.path)
+                return "none"
+            self._write_all(node.type.field(0).type, f"{node.path}.{node.type.field(0).name}")  # pyarrow needs one
+            results[0] = "all"
+        if all(r == "all" for r in results):
+            return "all"
+        self.partial.add(node.path)
+        return "some"
+
+    def _copied(self, node: _Node) -> str:
+        """A leaf, list or map null on every row under an anchor present on some rows only:
+        copied when each of its leaves has a first (lists and maps are written whole)."""
+        leaves = list(_leaves(node.type, node.path))
+        keys = [
+            (node.anchor, info.max_definition, info.max_repetition, info.physical_type, node.type)
+            for info in self.info[len(self.levels) : len(self.levels) + len(leaves)]
+        ]
+        copied = all(key in self.firsts for key in keys)
+        for leaf, key in zip(leaves, keys, strict=True):
+            self.levels[leaf] = None
+            self.written[leaf] = not copied
+            if copied:
+                self.copies[leaf] = self.firsts[key]
+            else:
+                self.firsts.setdefault(key, leaf)
+        if copied:
+            self.dropped.add(node.path)
+            return "none"
+        return "all"
+
+    def _write_all(self, t: pa.DataType, path: str) -> None:
+        """Have pyarrow write every leaf under ``path``."""
+        for leaf in _leaves(t, path):
+            self.written[leaf] = True
+            self.copies.pop(leaf, None)
+        inside = f"{path}."
+        self.partial = {p for p in self.partial if p != path and not p.startswith(inside)}
+        self.dropped = {p for p in self.dropped if p != path and not p.startswith(inside)}
+
+
+def _plan(table: pa.Table, info: Sequence[splice.Leaf]) -> _Plan:
+    plan = _Plan(info)
+    for f, column in zip(table.schema, table.columns, strict=True):
+        plan.walk(_Node(column.chunks, f.type, f.name, f.nullable))
+    return plan
 
 
 def leaf_columns(table: pa.Table) -> dict[str, bool]:
     """Each Parquet leaf column of ``table`` by path, in order: False for a column whose pages
     hold nothing but one run of definition levels (null on every row, under parents present on
     every row), True for the others."""
-    out: dict[str, bool] = {}
+    return {path: level is None for path, level in _plan(table, _template(table.schema).leaves).levels.items()}
+
+
+def _narrow(array: pa.Array, path: str, plan: _Plan) -> pa.Array:
+    """``array`` with only the fields pyarrow writes (of the structs the plan keeps in part)."""
+    if path not in plan.partial:
+        return array
+    assert isinstance(array, pa.StructArray)
+    fields, children = [], []
+    for i, f in enumerate(array.type):
+        child = f"{path}.{f.name}"
+        if child not in plan.dropped:
+            narrowed = _narrow(array.field(i), child, plan)
+            fields.append(f if narrowed.type == f.type else pa.field(f.name, narrowed.type, f.nullable, f.metadata))
+            children.append(narrowed)
+    mask = pc.is_null(array) if array.null_count else None
+    return pa.StructArray.from_arrays(children, fields=fields, mask=mask)
+
+
+def _narrow_table(table: pa.Table, plan: _Plan) -> pa.Table:
+    """The columns of ``table`` pyarrow writes, in order; the schema's metadata kept."""
+    fields, columns = [], []
     for f, column in zip(table.schema, table.columns, strict=True):
-        _walk(column.chunks, f.type, f.name, True, out)
-    return out
+        if f.name in plan.partial:
+            chunks = [_narrow(chunk, f.name, plan) for chunk in column.chunks]
+            fields.append(pa.field(f.name, chunks[0].type, nullable=f.nullable, metadata=f.metadata))
+            columns.append(pa.chunked_array(chunks, type=chunks[0].type))
+        elif f.name not in plan.dropped:
+            fields.append(f)
+            columns.append(column)
+    return pa.Table.from_arrays(columns, schema=pa.schema(fields, metadata=table.schema.metadata))
 
 
-def encode_parquet(table: pa.Table) -> bytes:
-    """Sort by ``time`` and write Parquet; the schema (with its OCSF metadata) is kept as is."""
-    if table.num_rows > 1 and not is_ascending(table.column("time")):
-        table = table.take(pc.sort_indices(table, sort_keys=[("time", "ascending")]))
-    # Arrow size is an upper bound of the compressed size, so this keeps row groups in bounds.
-    # All-null columns share buffers (columnar.nulls): count each buffer once.
-    per_row = max(1, table.get_total_buffer_size() // max(1, table.num_rows))
-    rows_per_group = max(1, min(table.num_rows or 1, ROW_GROUP_BYTES // per_row))
-    leaves = leaf_columns(table)
+def _template(schema: pa.Schema) -> splice.Template:
+    return splice.template(schema, lambda: _write(schema.empty_table(), {}, 1))
+
+
+def _write(table: pa.Table, levels: dict[str, int | None], rows_per_group: int) -> bytes:
+    """pyarrow's Parquet of ``table``: constant columns uncompressed, without a dictionary."""
     sink = pa.BufferOutputStream()
     # Parquet's own schema carries every type (read back, it equals the class schema), so the
     # serialized Arrow schema is left out: 50-110 KB per object for the wide classes. The
@@ -78,10 +208,10 @@ def encode_parquet(table: pa.Table) -> bytes:
     with pq.ParquetWriter(
         sink,
         table.schema,
-        compression={path: COMPRESSION if varied else "none" for path, varied in leaves.items()},
-        use_dictionary=[path for path, varied in leaves.items() if varied],
+        compression={p: COMPRESSION if level is None else "none" for p, level in levels.items()},
+        use_dictionary=[p for p, level in levels.items() if level is None],
         data_page_size=DATA_PAGE_BYTES,
-        write_statistics=["time"],
+        write_statistics=list(STATISTICS),
         store_schema=False,
     ) as writer:
         writer.write_table(table, row_group_size=rows_per_group)
@@ -89,3 +219,29 @@ def encode_parquet(table: pa.Table) -> bytes:
         if metadata:
             writer.add_key_value_metadata({k.decode(): v.decode() for k, v in metadata.items()})
     return bytes(sink.getvalue().to_pybytes())
+
+
+def encode_parquet(table: pa.Table, *, splice_nulls: bool = True) -> bytes:
+    """Sort by ``time`` and write Parquet; the schema (with its OCSF metadata) is kept as is.
+
+    ``splice_nulls=False`` has pyarrow write every column itself: the same bytes, slower."""
+    if table.num_rows > 1 and not is_ascending(table.column("time")):
+        table = table.take(pc.sort_indices(table, sort_keys=[("time", "ascending")]))
+    # Arrow size is an upper bound of the compressed size, so this keeps row groups in bounds.
+    # All-null columns share buffers (columnar.nulls): count each buffer once.
+    per_row = max(1, table.get_total_buffer_size() // max(1, table.num_rows))
+    rows_per_group = max(1, min(table.num_rows or 1, ROW_GROUP_BYTES // per_row))
+    template = _template(table.schema)
+    plan = _plan(table, template.leaves)
+    if not splice_nulls or table.num_rows == 0 or all(plan.written.values()):
+        return _write(table, plan.levels, rows_per_group)
+    narrow = _write(_narrow_table(table, plan), plan.levels, rows_per_group)
+    index = {path: i for i, path in enumerate(plan.levels)}
+    leaves = [
+        splice.Planned(level, plan.written[path], index[plan.copies[path]] if path in plan.copies else None)
+        for path, level in plan.levels.items()
+    ]
+    try:
+        return splice.splice(narrow, template, leaves)
+    except splice.Unsupported:
+        return _write(table, plan.levels, rows_per_group)
