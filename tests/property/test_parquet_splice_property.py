@@ -25,12 +25,23 @@ def _pruned(draw: st.DrawFn, t: pa.DataType, depth: int) -> pa.DataType:
         if depth > 3:
             return t if t.num_fields <= 3 else pa.struct([t.field(0)])
         picked = draw(st.lists(st.integers(0, t.num_fields - 1), min_size=1, max_size=3, unique=True))
-        return pa.struct(
-            [pa.field(t.field(i).name, _pruned(draw, t.field(i).type, depth + 1), t.field(i).nullable) for i in sorted(picked)]
-        )
+        fields = [t.field(i) for i in sorted(picked)]
+        return pa.struct([pa.field(f.name, _pruned(draw, f.type, depth + 1), f.nullable) for f in fields])
     if pa.types.is_list(t):
         return pa.list_(pa.field("item", _pruned(draw, t.value_type, depth + 1), t.value_field.nullable))
     return t
+
+
+def _scalars(t: pa.DataType) -> st.SearchStrategy[Any]:
+    if pa.types.is_map(t):
+        return st.dictionaries(st.text(max_size=3), st.text(max_size=3), max_size=2)
+    if pa.types.is_boolean(t):
+        return st.booleans()
+    if pa.types.is_integer(t) or pa.types.is_timestamp(t):
+        return st.integers(0, 2**31 - 1)
+    if pa.types.is_floating(t):
+        return st.floats(allow_nan=False, width=32)
+    return st.text(max_size=4)
 
 
 def _value(draw: st.DrawFn, t: pa.DataType, null_weight: int) -> Any:
@@ -40,15 +51,7 @@ def _value(draw: st.DrawFn, t: pa.DataType, null_weight: int) -> Any:
         return {f.name: _value(draw, f.type, null_weight) for f in t}
     if pa.types.is_list(t):
         return [_value(draw, t.value_type, null_weight) for _ in range(draw(st.integers(0, 2)))]
-    if pa.types.is_map(t):
-        return draw(st.dictionaries(st.text(max_size=3), st.text(max_size=3), max_size=2))
-    if pa.types.is_boolean(t):
-        return draw(st.booleans())
-    if pa.types.is_integer(t) or pa.types.is_timestamp(t):
-        return draw(st.integers(0, 2**31 - 1))
-    if pa.types.is_floating(t):
-        return draw(st.floats(allow_nan=False, width=32))
-    return draw(st.text(max_size=4))
+    return draw(_scalars(t))
 
 
 @st.composite
