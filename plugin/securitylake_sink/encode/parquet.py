@@ -225,17 +225,19 @@ def encode_parquet(table: pa.Table, *, splice_nulls: bool = True) -> bytes:
     """Sort by ``time`` and write Parquet; the schema (with its OCSF metadata) is kept as is.
 
     ``splice_nulls=False`` has pyarrow write every column itself: the same bytes, slower."""
-    if table.num_rows > 1 and not is_ascending(table.column("time")):
-        table = table.take(pc.sort_indices(table, sort_keys=[("time", "ascending")]))
     # Arrow size is an upper bound of the compressed size, so this keeps row groups in bounds.
     # All-null columns share buffers (columnar.nulls): count each buffer once.
     per_row = max(1, table.get_total_buffer_size() // max(1, table.num_rows))
     rows_per_group = max(1, min(table.num_rows or 1, ROW_GROUP_BYTES // per_row))
+    order = None
+    if table.num_rows > 1 and not is_ascending(table.column("time")):
+        order = pc.sort_indices(table.column("time"))  # stable: rows of one millisecond keep their order
     template = _template(table.schema)
-    plan = _plan(table, template.leaves)
+    plan = _plan(table, template.leaves)  # which columns are null on every row does not depend on the order
     if not splice_nulls or table.num_rows == 0 or all(plan.written.values()):
-        return _write(table, plan.levels, rows_per_group)
-    narrow = _write(_narrow_table(table, plan), plan.levels, rows_per_group)
+        return _write(table if order is None else table.take(order), plan.levels, rows_per_group)
+    narrow = _narrow_table(table, plan)  # sorted once narrow: a wide table's take costs per column
+    narrow = _write(narrow if order is None else narrow.take(order), plan.levels, rows_per_group)
     index = {path: i for i, path in enumerate(plan.levels)}
     leaves = [
         splice.Planned(level, plan.written[path], index[plan.copies[path]] if path in plan.copies else None)
@@ -244,4 +246,4 @@ def encode_parquet(table: pa.Table, *, splice_nulls: bool = True) -> bytes:
     try:
         return splice.splice(narrow, template, leaves)
     except splice.Unsupported:
-        return _write(table, plan.levels, rows_per_group)
+        return _write(table if order is None else table.take(order), plan.levels, rows_per_group)
