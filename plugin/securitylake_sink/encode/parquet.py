@@ -196,7 +196,12 @@ def _narrow_table(table: pa.Table, plan: _Plan) -> pa.Table:
 
 
 def _template(schema: pa.Schema) -> splice.Template:
-    return splice.template(schema, lambda: _write(schema.empty_table(), {}, 1))
+    def no_rows() -> bytes:  # the footer of a file with no row groups: its schema, nothing else
+        sink = pa.BufferOutputStream()
+        pq.ParquetWriter(sink, schema, store_schema=False).close()
+        return bytes(sink.getvalue().to_pybytes())
+
+    return splice.template(schema, no_rows)
 
 
 def _write(table: pa.Table, levels: dict[str, int | None], rows_per_group: int) -> bytes:
