@@ -29,8 +29,8 @@ BatchKey = tuple[str, int, int]  # (location, class_uid, event hour)
 
 
 def _by_hour(batch: pa.RecordBatch) -> Iterator[tuple[int, pa.RecordBatch]]:
-    """The rows of each event hour. Rows sorted by time (as the mapper emits them) are cut into
-    zero-copy slices; otherwise each hour is filtered out (slow on wide class schemas)."""
+    """The rows of each event hour: zero-copy slices when the rows are sorted by time (logs mostly
+    are), else each hour filtered out (the mapper's batches hold only the columns with values)."""
     if batch.num_rows == 0:
         return
     hours = pc.divide(batch.column("time"), MS_PER_HOUR)  # epoch ms → hour (times from 1970 on)

@@ -127,20 +127,20 @@ def _map_rows(
     values, faults = map_event(event, sub, rule)
     checked = assemble(event.schema, values, sub.n)
     bad, reasons = _check(checked, faults, schema, event.class_uid)
-    keep = pc.and_(takes, pc.invert(bad)) if whole else pc.invert(bad)
     for row, reason in reasons.items():
         if not whole:
             outcome.failed[rows[row].as_py()] = reason
         elif takes[row].as_py():
             outcome.failed[row] = reason
-    # Keep the good rows sorted by time (the batcher cuts hours as slices); the batch holds only
-    # the assigned columns, so taking its rows is one call over few columns.
-    order = pc.sort_indices(values[("time",)])
-    if whole or reasons:
-        order = order.filter(keep.take(order))
-    if len(order):
-        source_rows = order if whole else rows.take(order)
-        outcome.mapped.append(ClassRows(event.class_uid, checked.take(order), pc.cast(source_rows, pa.int64())))
+    # The good rows, in the records' order: objects are sorted by time when they are written, once
+    # for all the batches they gather (sorting here would copy every batch on the pipeline thread).
+    if not reasons and (not whole or len(rows) == frame.n):  # every row of the batch is good
+        outcome.mapped.append(ClassRows(event.class_uid, checked, rows))
+        return
+    kept = pc.indices_nonzero(pc.and_(takes, pc.invert(bad)) if whole else pc.invert(bad))
+    if len(kept):
+        source_rows = kept if whole else rows.take(kept)
+        outcome.mapped.append(ClassRows(event.class_uid, checked.take(kept), pc.cast(source_rows, pa.int64())))
 
 
 def apply_rule(

@@ -179,7 +179,7 @@ class Mapper:
                 dropped[tags[row]] = dropped.get(tags[row], 0) + 1
         for tag in dropped:
             self._log_drop(tag)
-        # Pieces stay apart: each is sorted by time, and concatenating wide schemas copies a lot.
+        # Pieces stay apart: concatenating them would copy them (objects are sorted when written).
         batches = tuple(
             MappedBatch(location, class_uid, piece)
             for (location, class_uid), pieces in parts.items()
