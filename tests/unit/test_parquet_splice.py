@@ -135,6 +135,19 @@ def test_splice_refuses_a_footer_it_does_not_know() -> None:
         splice.splice(b"PAR1 not parquet", made, leaves)
 
 
+def test_encode_falls_back_to_pyarrow_when_the_splice_refuses(monkeypatch: pytest.MonkeyPatch) -> None:
+    # GIVEN a splice that refuses every file (as it does a footer it does not know)
+    def refuse(written: bytes, made: splice.Template, leaves: Any) -> bytes:
+        raise splice.Unsupported("test")
+
+    monkeypatch.setattr(splice, "splice", refuse)
+    table = TABLES[3002]
+    # WHEN an object is encoded; THEN pyarrow writes it all: the same bytes, read back whole
+    data = encode_parquet(table)
+    assert data == encode_parquet(table, splice_nulls=False)
+    assert pq.read_table(io.BytesIO(data)).num_rows == table.num_rows
+
+
 def test_thrift_round_trips_every_kind_of_value_and_refuses_cut_bytes() -> None:
     s: thrift.Struct = {
         1: (thrift.BOOL, True),

@@ -125,7 +125,7 @@ def _leaves(elements: Sequence[Struct]) -> tuple[Leaf, ...]:
 def template(schema: pa.Schema, write_empty: Callable[[], bytes]) -> Template:
     """The template of ``schema``, from the footer of an empty file pyarrow wrote of it; kept."""
     for known, found in _TEMPLATES:
-        if known.equals(schema, check_metadata=False):
+        if known.equals(schema, check_metadata=True):  # field metadata can set Parquet field ids
             return found
     meta = footer(write_empty())
     elements = meta[2][1][1]
