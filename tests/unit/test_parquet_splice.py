@@ -133,9 +133,15 @@ def test_splice_refuses_a_footer_it_does_not_know() -> None:
         splice.splice(sink.getvalue(), made, leaves)
     with pytest.raises(splice.Unsupported, match="not a Parquet file"):
         splice.splice(b"PAR1 not parquet", made, leaves)
+    # AND a footer that is not Thrift, or one that lacks what a footer holds, is refused too
+    for footer in (b"\x19\xff\xff", b"\x15\x04\x00"):
+        with pytest.raises(splice.Unsupported, match="unexpected footer"):
+            splice.splice(b"PAR1" + footer + len(footer).to_bytes(4, "little") + b"PAR1", made, leaves)
 
 
-def test_encode_falls_back_to_pyarrow_when_the_splice_refuses(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_encode_falls_back_to_pyarrow_when_the_splice_refuses(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     # GIVEN a splice that refuses every file (as it does a footer it does not know)
     def refuse(written: bytes, made: splice.Template, leaves: Any) -> bytes:
         raise splice.Unsupported("test")
@@ -146,6 +152,7 @@ def test_encode_falls_back_to_pyarrow_when_the_splice_refuses(monkeypatch: pytes
     data = encode_parquet(table)
     assert data == encode_parquet(table, splice_nulls=False)
     assert pq.read_table(io.BytesIO(data)).num_rows == table.num_rows
+    assert [r.reason for r in caplog.records if r.name == "securitylake_sink.encode"] == ["test"]  # type: ignore[attr-defined]
 
 
 def test_thrift_round_trips_every_kind_of_value_and_refuses_cut_bytes() -> None:

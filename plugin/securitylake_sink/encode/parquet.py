@@ -8,12 +8,13 @@ their pages hold one run of definition levels, which zstd only makes bigger.
 Arrow's writer spends most of an object's time on those columns, walking their levels row by
 row. So pyarrow writes only the other columns, and :mod:`.splice` adds the null ones' column
 chunks and the full footer by hand. The bytes are those pyarrow writes for the whole table
-(``encode_parquet(table, splice=False)``); a test holds the two to that."""
+(``encode_parquet(table, splice_nulls=False)``); a test holds the two to that."""
 
 from __future__ import annotations
 
 __all__ = ["encode_parquet", "leaf_columns"]
 
+import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -23,6 +24,8 @@ import pyarrow.parquet as pq
 
 from securitylake_sink.columnar import is_ascending
 from securitylake_sink.encode import splice
+
+log = logging.getLogger("securitylake_sink.encode")
 
 # Security Lake custom-source best practices: data pages ≤ 1 MB, row groups ≤ 256 MB.
 DATA_PAGE_BYTES = 1024 * 1024
@@ -250,5 +253,6 @@ def encode_parquet(table: pa.Table, *, splice_nulls: bool = True) -> bytes:
     ]
     try:
         return splice.splice(narrow, template, leaves)
-    except splice.Unsupported:
+    except splice.Unsupported as exc:
+        log.warning("Parquet: pyarrow writes this object whole", extra={"reason": str(exc)})
         return _write(table if order is None else table.take(order), plan.levels, rows_per_group)

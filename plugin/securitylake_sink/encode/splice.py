@@ -14,7 +14,7 @@ __all__ = ["ROWS_PER_PAGE", "Leaf", "Planned", "Template", "Unsupported", "splic
 
 import functools
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -28,6 +28,7 @@ from securitylake_sink.encode.thrift import (
     STRUCT,
     Raw,
     Struct,
+    ThriftError,
     read_struct,
     write_fields,
     write_struct,
@@ -41,7 +42,7 @@ PLAIN, RLE = 0, 3
 OPTIONAL, REPEATED = 1, 2
 # ColumnChunk / ColumnMetaData fields this module moves or does not expect
 DATA_PAGE_OFFSET, INDEX_PAGE_OFFSET, DICTIONARY_PAGE_OFFSET, BLOOM_FILTER_OFFSET = 9, 10, 11, 14
-CHUNK_INDEX_FIELDS = (4, 5, 6, 7, 8, 9)  # page index offsets and lengths, encryption
+CHUNK_UNMOVED_FIELDS = (1, 4, 5, 6, 7, 8, 9)  # another file's path, page indexes, encryption
 TEMPLATES_KEPT = 128  # more than the classes of an OCSF version
 
 
@@ -234,8 +235,8 @@ def _moved(meta: Struct, delta: int) -> Struct:
 
 def _held(chunk: Struct) -> tuple[Struct, int, int]:
     """A chunk of the written file: its ColumnMetaData, first byte and size."""
-    if any(fid in chunk for fid in CHUNK_INDEX_FIELDS):
-        raise Unsupported("page indexes or encryption")
+    if any(fid in chunk for fid in CHUNK_UNMOVED_FIELDS):
+        raise Unsupported("page indexes, encryption or chunks in another file")
     column = chunk[3][1]
     return column, column.get(DICTIONARY_PAGE_OFFSET, column[DATA_PAGE_OFFSET])[1], column[7][1]
 
@@ -252,7 +253,7 @@ class _Splice:
 
     def group(self, group: Struct) -> Struct:
         """One row group of the whole file, its chunks appended to the parts."""
-        chunks = iter(group[1][1][1])
+        chunks: Iterator[Struct | None] = iter(group[1][1][1])
         rows = group[3][1]
         columns: list[Struct | Raw] = []
         held: dict[int, Struct] = {}  # the chunks of the written file, by leaf
@@ -260,7 +261,10 @@ class _Splice:
         uncompressed = 0
         for index, (leaf, planned) in enumerate(zip(self.made.leaves, self.leaves, strict=True)):
             if planned.written or planned.copy_of is not None:
-                chunk = held[index] = next(chunks) if planned.copy_of is None else held[planned.copy_of]
+                chunk = next(chunks, None) if planned.copy_of is None else held[planned.copy_of]
+                if chunk is None:
+                    raise Unsupported("fewer chunks than leaves")
+                held[index] = chunk
                 column, first, size = _held(chunk)
                 moved = _moved(column, self.position - first)
                 if not planned.written:
@@ -289,7 +293,17 @@ class _Splice:
 
 
 def splice(written: bytes, made: Template, leaves: Sequence[Planned]) -> bytes:
-    """The file ``written`` with the leaves it lacks added, in schema order (see :class:`Planned`)."""
+    """The file ``written`` with the leaves it lacks added, in schema order (see :class:`Planned`).
+    Raises :class:`Unsupported` for anything it does not expect, never writing a file wrong."""
+    try:
+        return _splice(written, made, leaves)
+    except (ThriftError, KeyError, IndexError, TypeError, ValueError) as exc:
+        if isinstance(exc, Unsupported):
+            raise
+        raise Unsupported(f"unexpected footer: {exc!r}") from exc
+
+
+def _splice(written: bytes, made: Template, leaves: Sequence[Planned]) -> bytes:
     if len(leaves) != len(made.leaves):
         raise Unsupported("the leaves do not match the schema")
     meta = footer(written)
