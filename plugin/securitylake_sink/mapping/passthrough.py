@@ -169,9 +169,8 @@ def map_ocsf(records: Sequence[Mapping[str, Any]], ref_ms: Sequence[int], schema
         rows, events = by_class[class_uid]
         rows.append(row)
         events.append(event)
-    for class_uid, (unsorted_rows, unsorted) in by_class.items():
-        order = sorted(range(len(unsorted)), key=lambda i: unsorted[i]["time"])  # the batcher cuts hours
-        rows, events = [unsorted_rows[i] for i in order], [unsorted[i] for i in order]
+    for class_uid, (given_rows, given) in by_class.items():  # in the records' order, as rules map them
+        rows, events = given_rows, given
         arrow_schema = schema.arrow_schema(class_uid)
         fast = _narrow(events, arrow_schema)
         if fast is None:
