@@ -62,8 +62,7 @@ class _Node:
     level: int = 0
     anchor: str = ""
 
-    def children(self) -> Iterator[_Node]:
-        empty = all(a.null_count == len(a) for a in self.arrays)
+    def children(self, empty: bool) -> Iterator[_Node]:
         steady = self.steady and all(a.null_count == 0 for a in self.arrays)
         level = self.level + self.nullable
         anchor = self.anchor if empty else self.path
@@ -111,7 +110,7 @@ class _Plan:
         return "all"
 
     def _struct(self, node: _Node, empty: bool) -> str:
-        results = [self.walk(child) for child in node.children()]
+        results = [self.walk(child) for child in node.children(empty)]
         if all(r == "none" for r in results):
             if empty:
                 self.dropped.add(node.path)
@@ -245,14 +244,14 @@ def encode_parquet(table: pa.Table, *, splice_nulls: bool = True) -> bytes:
     if not splice_nulls or table.num_rows == 0 or all(plan.written.values()):
         return _write(table if order is None else table.take(order), plan.levels, rows_per_group)
     narrow = _narrow_table(table, plan)  # sorted once narrow: a wide table's take costs per column
-    narrow = _write(narrow if order is None else narrow.take(order), plan.levels, rows_per_group)
+    written = _write(narrow if order is None else narrow.take(order), plan.levels, rows_per_group)
     index = {path: i for i, path in enumerate(plan.levels)}
     leaves = [
         splice.Planned(level, plan.written[path], index[plan.copies[path]] if path in plan.copies else None)
         for path, level in plan.levels.items()
     ]
     try:
-        return splice.splice(narrow, template, leaves)
+        return splice.splice(written, template, leaves)
     except splice.Unsupported as exc:
         log.warning("Parquet: pyarrow writes this object whole", extra={"reason": str(exc)})
-        return _write(table if order is None else table.take(order), plan.levels, rows_per_group)
+        return encode_parquet(table, splice_nulls=False)

@@ -30,6 +30,7 @@ from securitylake_sink.encode.thrift import (
     Struct,
     ThriftError,
     read_struct,
+    varint,
     write_fields,
     write_struct,
     write_value,
@@ -148,15 +149,8 @@ def _encoded_path(path: tuple[bytes, ...]) -> Raw:
 
 def _run(count: int, value: int, max_level: int) -> bytes:
     """Levels as v1 data pages hold them: a length, then ``count`` times ``value``, RLE."""
-    width = (max_level.bit_length() + 7) // 8
-    out = bytearray()
-    n = count << 1
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    out += value.to_bytes(width, "little")
-    return struct.pack("<i", len(out)) + bytes(out)
+    run = varint(count << 1) + value.to_bytes((max_level.bit_length() + 7) // 8, "little")
+    return struct.pack("<i", len(run)) + run
 
 
 _SHAPES: dict[tuple[int, int, int, bool, int], tuple[bytes, bytes, bytes]] = {}

@@ -19,6 +19,7 @@ __all__ = [
     "Struct",
     "ThriftError",
     "read_struct",
+    "varint",
     "write_fields",
     "write_struct",
     "write_value",
@@ -192,6 +193,13 @@ def write_fields(s: Struct, last: int = 0) -> Raw:
     out = bytearray()
     _fields_into(out, s, last)
     return Raw(out)
+
+
+def varint(n: int) -> bytes:
+    """``n`` (not negative) as an unsigned LEB128 varint, as Thrift and Parquet's RLE write it."""
+    out = bytearray()
+    _varint(out, n)
+    return bytes(out)
 
 
 def write_value(t: int, v: Any) -> Raw:
