@@ -12,7 +12,6 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from securitylake_sink.columnar import row_numbers
 from securitylake_sink.mapping.assemble import AttrPath, constant, struct_of, type_at
 from securitylake_sink.mapping.columns import Frame
 from securitylake_sink.mapping.ops import Faults, apply_ops, as_text, cast_column, test, to_array
@@ -142,21 +141,24 @@ class Evaluator:
         tokens = pc.split_pattern(source, step.separator)
         flat = pc.list_flatten(tokens)
         parents = pc.cast(pc.list_parent_indices(tokens), pa.int64())
-        row_ids = row_numbers(frame.n)
         any_key = constant(False, pa.bool_(), frame.n)
         for key in step.keys:
             prefix = f"{key}="
             hit = pc.starts_with(flat, prefix)
-            rows = parents.filter(hit)
-            values = pc.utf8_slice_codeunits(flat.filter(hit), len(prefix))
+            if hit.true_count == 0:
+                frame.captures[f"{step.name}.{key}"] = pa.nulls(frame.n, pa.string())
+                continue
+            at = pc.indices_nonzero(hit)  # the tokens that hold the key, in order
+            rows, values = parents.take(at), flat.take(at)
             if len(rows) > 1:  # a key twice in one record: the first one counts
                 first = pc.not_equal(rows.slice(1), rows.slice(0, len(rows) - 1))
-                keep = pa.concat_arrays([pa.array([True]), first])
-                rows, values = rows.filter(keep), values.filter(keep)
-            present = pc.is_in(row_ids, value_set=rows)
-            column = pc.replace_with_mask(pa.nulls(frame.n, pa.string()), present, values)
+                if first.false_count:
+                    keep = pa.concat_arrays([pa.array([True]), first])
+                    rows, values = rows.filter(keep), values.filter(keep)
+            values = pc.utf8_slice_codeunits(values, len(prefix))
+            column = pc.scatter(values, rows, max_index=frame.n - 1)  # null in the records without it
             frame.captures[f"{step.name}.{key}"] = _blank_to_null(column)
-            any_key = pc.or_(any_key, present)
+            any_key = pc.or_(any_key, pc.is_valid(column))
         frame.matched[step.name] = any_key
 
     def _kv_pattern(self, step: KvStep, pattern: str, source: pa.Array) -> None:
