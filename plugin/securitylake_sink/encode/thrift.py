@@ -26,6 +26,7 @@ __all__ = [
 ]
 
 import struct as _struct
+from collections.abc import Callable
 from typing import Any
 
 BOOL, BOOL_FALSE, BYTE, I16, I32, I64, DOUBLE, BINARY, LIST, SET, MAP, STRUCT = range(1, 13)
@@ -187,30 +188,28 @@ def _struct_into(out: bytearray, s: Struct) -> None:
     out.append(0)
 
 
+def _written(fill: Callable[..., None], *args: Any) -> bytearray:
+    out = bytearray()
+    fill(out, *args)
+    return out
+
+
 def write_fields(s: Struct, last: int = 0) -> Raw:
     """The bytes of the fields of ``s``, the field before them being ``last``, with no stop: a
     piece of a struct, to be joined to the others."""
-    out = bytearray()
-    _fields_into(out, s, last)
-    return Raw(out)
+    return Raw(_written(_fields_into, s, last))
 
 
 def varint(n: int) -> bytes:
     """``n`` (not negative) as an unsigned LEB128 varint, as Thrift and Parquet's RLE write it."""
-    out = bytearray()
-    _varint(out, n)
-    return bytes(out)
+    return bytes(_written(_varint, n))
 
 
 def write_value(t: int, v: Any) -> Raw:
     """The compact-protocol bytes of a value of type ``t``."""
-    out = bytearray()
-    _value(out, t, v)
-    return Raw(out)
+    return Raw(_written(_value, t, v))
 
 
 def write_struct(s: Struct) -> bytes:
     """The compact-protocol bytes of ``s``."""
-    out = bytearray()
-    _struct_into(out, s)
-    return bytes(out)
+    return bytes(_written(_struct_into, s))
