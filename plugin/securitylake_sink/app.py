@@ -26,8 +26,7 @@ from securitylake_sink.deadletter import DeadLetterShipper, DeadLetterWriter, Ro
 from securitylake_sink.delivery import Delivery
 from securitylake_sink.errors import SpoolError
 from securitylake_sink.lake.retry import backoff_delay
-from securitylake_sink.lake.s3 import S3Store, resolve_region
-from securitylake_sink.lake.store import ObjectStore, store_for
+from securitylake_sink.lake.store import ObjectStore, resolve_region, store_for
 from securitylake_sink.mapping.mapper import Mapper
 from securitylake_sink.memory import tune_malloc
 from securitylake_sink.metrics_server import MetricsServer, serve_metrics
@@ -101,7 +100,7 @@ class App:
         rotation: Rotation | None = None
         if target is not None:
             rotation = Rotation(config.dead_letter.max_age_secs, config.dead_letter.max_bytes)
-            ship_to = dead_letter_store or S3Store.for_config(target, config, lake=False)
+            ship_to = dead_letter_store or store_for(target, config, lake=False)
             self.shipper = DeadLetterShipper(ship_to, target.prefix)
         self.dead_letters = DeadLetterWriter(config.dead_letter_path, rotation)
         host, port = split_address(config.listen.forward.address)

@@ -222,7 +222,7 @@ def supervise(config: Config, workers: int, *, level: str, fmt: str) -> int:
     The region is looked up once here; the spool limit is split evenly; orphan spools are spread
     over the workers (a restarted worker takes over what its last process did not drain).
     """
-    from securitylake_sink.lake.s3 import resolve_region  # noqa: PLC0415 (boto3 is a heavy import)
+    from securitylake_sink.lake.store import resolve_region  # noqa: PLC0415
     from securitylake_sink.plan import destination_of  # noqa: PLC0415
 
     region = resolve_region(destination_of(config), config.auth).region

@@ -19,11 +19,9 @@ __all__ = [
     "client_factory",
     "lookup_region",
     "part_size_for",
-    "resolve_region",
     "s3_client_config",
 ]
 
-import dataclasses
 import logging
 import math
 import time
@@ -330,12 +328,3 @@ def lookup_region(session: boto3.Session, destination: Destination) -> str:
             return region
         break
     raise SinkError(f"S3 did not say which region bucket {bucket} is in; set destination.region")
-
-
-def resolve_region(destination: Destination, auth: AuthConfig) -> Destination:
-    """The destination with its region filled in by a lookup at start-up (no-op when it has one)."""
-    if destination.region is not None or destination.kind != "s3":
-        return destination
-    region = lookup_region(session_for(auth, destination), destination)
-    log.info("looked up the bucket's region", extra={"bucket": destination.bucket, "region": region})
-    return dataclasses.replace(destination, region=region)
