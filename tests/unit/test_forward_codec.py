@@ -14,7 +14,14 @@ from hypothesis import strategies as st
 
 from securitylake_sink.errors import FrameTooLarge, ProtocolError
 from securitylake_sink.model import Chunk, DeferredEntries, Entry
-from securitylake_sink.sources.forward_codec import FrameReader, decode_frame, decode_spooled, scan_frame, unpack_frame
+from securitylake_sink.sources.forward_codec import (
+    FrameReader,
+    _fast_unpack,
+    decode_frame,
+    decode_spooled,
+    scan_frame,
+    unpack_frame,
+)
 
 T0 = 1_700_000_000  # 2023-11-14T22:13:20Z
 T0_NS = T0 * 1_000_000_000
@@ -469,13 +476,17 @@ _scalars = (
     | st.floats(allow_nan=False)
     | st.text(max_size=20)
     | st.binary(max_size=20)
+    # extension values: msgpack's timestamp, and a type of no meaning here
+    | st.builds(msgpack.Timestamp, st.integers(0, 2**34 - 1), st.integers(0, 999_999_999))
+    | st.builds(msgpack.ExtType, st.just(5), st.binary(min_size=1, max_size=8))
 )
 _values = st.recursive(
     _scalars,
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
     max_leaves=12,
 )
-_records = st.dictionaries(st.text(max_size=12), _values, max_size=6)
+# keys are text, now and then a number (decoded by msgpack, which takes any key)
+_records = st.dictionaries(st.text(max_size=12) | st.integers(-5, 5), _values, max_size=6)
 
 
 @st.composite
@@ -660,3 +671,20 @@ def test_scan_leaves_an_array_map_key_to_the_reader(hex_text: str) -> None:
     assert chunk is not None and len(chunk.entries) == 1
     with pytest.raises(ProtocolError):
         list(chunk.entries)
+
+
+def test_records_are_built_by_the_fast_decoder_unless_it_would_differ() -> None:
+    # GIVEN a packed frame of usual records, and the same with one value that is not UTF-8 text
+    # (Fluentd sends binary entries as str) and one with a number as a map key
+    usual = _pack_frame("packed-bin", "app", [(msgpack.ExtType(0, struct.pack(">II", T0, 5)), {"log": "a", "n": 1})])
+    entry = frame("92 d7 00 6553f100 00000005  81 a1 61 a2 fffe")  # [EventTime, {"a": <ff fe>}]
+    odd_text = b"\x93" + _pack("app") + b"\x91" + entry + b"\x80"  # Forward mode: [tag, [entry], {}]
+    odd_key = _pack_frame("forward", "app", [(T0, {1: "a"})])
+    # THEN ormsgpack builds the usual one, and declines the others (msgpack builds them)
+    assert _fast_unpack(usual) == unpack_frame(usual)
+    assert _fast_unpack(odd_text) is None
+    assert _fast_unpack(odd_key) is None
+    # AND whichever builds them, the entries are what msgpack makes of the bytes
+    for raw in (usual, odd_text, odd_key):
+        assert list(scan_frame(raw, 7).entries) == list(_eager(raw).entries)  # type: ignore[union-attr]
+    assert next(iter(scan_frame(odd_text, 7).entries)).record == {"a": "\udcff\udcfe"}
