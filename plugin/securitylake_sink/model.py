@@ -6,12 +6,12 @@ __all__ = ["Chunk", "DeferredEntries", "Entry"]
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, overload
+from typing import Any, NamedTuple, overload
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """One log record as a shipper sent it.
+class Entry(NamedTuple):
+    """One log record as a shipper sent it (a named tuple: one is built per record, and a tuple
+    builds in half the time of a frozen dataclass).
 
     ``time_ns`` is the transport's event time in nanoseconds since the epoch, or ``None`` when
     the shipper sent no usable time (Fluentd's ``0`` means unknown, not 1970).
