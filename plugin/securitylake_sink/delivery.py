@@ -200,13 +200,15 @@ class Delivery:
         """Deliver thread: encode and store one sealed batch, then delete it; (rows, bytes)."""
         schema = load_schema(batch.header.ocsf_version).arrow_schema(batch.header.class_uid)
         table = batch.read_table(schema)
+        rows = table.num_rows
         data = encode_parquet(table)
+        del table  # an upload can take seconds: hold only the object's bytes meanwhile
         started = time.monotonic()
         self.store.put(batch.header.key, data)
         self.counters.upload_seconds.observe(time.monotonic() - started)
         batch.path.unlink(missing_ok=True)
         clear_failures(batch.path)
-        return table.num_rows, len(data)
+        return rows, len(data)
 
     # -- dead letters ----------------------------------------------------------------------
     async def until_done(

@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 
 import msgpack
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -23,7 +25,7 @@ from securitylake_sink.metrics_server import app_readiness, app_snapshot
 from securitylake_sink.model import Chunk
 from securitylake_sink.sources.forward_codec import decode_spooled
 from securitylake_sink.spool import Spool, quarantine
-from securitylake_sink.spool.batchfile import SUFFIX
+from securitylake_sink.spool.batchfile import SUFFIX, BatchFile
 from securitylake_sink.telemetry import render_metrics
 
 T0_MS = 1_714_521_600_000  # 2024-05-01T00:00:00Z
@@ -404,3 +406,38 @@ async def test_a_damaged_sealed_batch_is_quarantined_whole_not_cut(tmp_path: Pat
     assert item.reason["cause"] == "corrupt" and "is damaged at byte" in item.reason["last_error"]
     assert item.reason["key"] == store.rejected and item.reason["class_uid"] == 3002
     assert not list((tmp_path / "spool" / "sealed").iterdir())  # nor its failure count
+
+
+class TableWatchingStore(LocalStore):
+    """A local lake that notes, at each put, whether the table the object was encoded from is
+    still held (``tables`` holds weak references to every table a batch file was read into)."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.tables: list[weakref.ref[pa.Table]] = []
+        self.held_at_put: list[bool] = []
+
+    def put(self, key: str, data: bytes) -> None:
+        self.held_at_put.append(any(ref() is not None for ref in self.tables))
+        super().put(key, data)
+
+
+async def test_an_upload_holds_the_objects_bytes_but_not_its_table(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a lake that watches the tables batch files are read into
+    store = TableWatchingStore(tmp_path / "lake")
+    read_table = BatchFile.read_table
+
+    def watched(batch: BatchFile, schema: pa.Schema) -> pa.Table:
+        table = read_table(batch, schema)
+        store.tables.append(weakref.ref(table))
+        return table
+
+    monkeypatch.setattr(BatchFile, "read_table", watched)
+    # WHEN two hours of records are delivered
+    app, clean = await run_sink(config_for(tmp_path, "{max_attempts: 3}"), store, range(2))
+    # THEN each object was stored while its table was already let go (an upload can take seconds)
+    assert clean and app.counters.objects == 2
+    assert store.held_at_put == [False, False]
+    assert len(lake_uids(tmp_path / "lake")) == 2 * ROWS
