@@ -1,7 +1,8 @@
 """End-to-end benchmark: a generator process sends Forward chunks with acks over loopback to the
 real ``securitylake-sink run`` process with a ``file://`` lake; prints records/s from the first
 byte to the last object written, sink CPU seconds per million records, peak RSS, ack latency and
-bytes on the wire against bytes of Parquet, and writes them as JSON.
+bytes on the wire against bytes of Parquet (and against the same bytes zstd-compressed as one
+stream: how far the records compress at all), and writes them as JSON.
 
     .venv/bin/python bench/e2e.py [--records 200000] [--chunk 1000] [--mix MIX] [--rate R] [--workers N]
                                   [--no-raw-data] [--json out.json]
@@ -33,12 +34,16 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
+import zstandard
 
 from frames import pack_frames, send_frames
 from records import MAPPINGS, MIXES, generate
 
 BIN = Path(sys.executable).parent / "securitylake-sink"
 DEFAULT_CHUNK = 1000
+# The sent frames compressed as one stream at zstd's default level, for the parquet/wire column: how
+# far the generated records compress at all, with every record in one window.
+ZSTD_LEVEL = 3
 
 
 def sink_config(tmp: Path, port: int, *, raw_data: bool = True, spool_max_bytes: int | None = None) -> Path:
@@ -196,7 +201,9 @@ def _generate(load: Load, out: Any) -> None:
     """Runs in its own process: build every frame first, then send them all with acks."""
     try:
         frames = pack_frames(generate(load.mix, load.records, load.start_ms), load.chunk)
-        out.put(asdict(send_frames(load.port, frames, load.rate)))
+        # before the first byte, so not in the timings
+        stream_zstd = len(zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(b"".join(f.data for f in frames)))
+        out.put({**asdict(send_frames(load.port, frames, load.rate)), "wire_zstd_bytes": stream_zstd})
     except Exception as exc:  # reported to the parent, which fails the run
         out.put({"error": repr(exc)})
 
@@ -258,6 +265,7 @@ def run(mix: str, records: int, chunk: int = DEFAULT_CHUNK, *, start_ms: int | N
         "ack_p99_ms": round(lat[max(0, int(len(lat) * 0.99) - 1)], 2),
         "wire_bytes": sent["wire_bytes"],
         "parquet_over_wire": round(lake["parquet_bytes"] / sent["wire_bytes"], 3),
+        "wire_zstd_over_wire": round(sent["wire_zstd_bytes"] / sent["wire_bytes"], 3),
     }
 
 

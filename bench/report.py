@@ -71,7 +71,7 @@ def _acked_per_sec(f: dict[str, Any]) -> int | None:
 def _e2e_row(name: str, f: dict[str, Any]) -> list[Any]:
     counts = f"{f['rows_in_lake']:,}+{f['dead_letters']:,}={f['records']:,}" + ("" if f["counts_ok"] else " MISMATCH")
     return [name, f["records_per_sec"], _acked_per_sec(f), f["sink_cpu_secs_per_million"], f["sink_peak_rss_mb"],
-            f.get("ack_p50_ms"), f.get("ack_p99_ms"), f.get("parquet_over_wire"), counts]
+            f.get("ack_p50_ms"), f.get("ack_p99_ms"), f.get("parquet_over_wire"), f.get("wire_zstd_over_wire"), counts]
 
 
 def _stage_row(name: str, f: dict[str, Any], note: str = "") -> list[Any]:
@@ -108,6 +108,7 @@ def table(result: dict[str, Any]) -> str:
             "ack p50 ms",
             "ack p99 ms",
             "parquet/wire",
+            "zstd/wire",
             "rows+dead=sent",
         ],
         e2e_rows,
