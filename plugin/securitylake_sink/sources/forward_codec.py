@@ -87,6 +87,9 @@ class EventTime(int):
 
 
 _ARRAY32 = struct.Struct(">BI")  # an array32 header: 0xDD, then the count
+_EVENT_TIME_PARTS = struct.Struct(">II")  # uint32 seconds, uint32 nanoseconds
+_FIXEXT8: Final = 0xD7
+_USUAL_HEAD: Final = 11  # 0x92, then 0xD7 0x00 and 8 bytes of EventTime: the record starts here
 _LOW32: Final = 0xFFFFFFFF
 
 
@@ -352,7 +355,16 @@ def _scan_entries(buffer: bytes | memoryview, size: int | None) -> tuple[int, in
     try:
         while (seen < size) if size is not None else (tell() < end):
             seen += 1
-            if buffer[tell()] == _PAIR:
+            at = tell()
+            if buffer[at] == _PAIR:
+                # The usual entry read in place: [fixext8 EventTime, map], its time a real one.
+                if at + _USUAL_HEAD < end and buffer[at + 1] == _FIXEXT8 and buffer[at + 2] == _EVENT_TIME_EXT:
+                    seconds, nanos = _EVENT_TIME_PARTS.unpack_from(buffer, at + 3)
+                    usual = nanos < _NS_PER_SEC and seconds > 0 and seconds not in _GROUP_MARKER_SECONDS
+                    if usual and buffer[at + _USUAL_HEAD] in _MAP_FIRST:
+                        skip()
+                        count += 1
+                        continue
                 pair()
                 when = unpack()
                 # [EventTime, {record}], or Fluent Bit's [[EventTime, {metadata}], {record}]
