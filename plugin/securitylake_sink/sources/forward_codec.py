@@ -89,7 +89,8 @@ class EventTime(int):
 _ARRAY32 = struct.Struct(">BI")  # an array32 header: 0xDD, then the count
 _EVENT_TIME_PARTS = struct.Struct(">II")  # uint32 seconds, uint32 nanoseconds
 _FIXEXT8: Final = 0xD7
-_USUAL_HEAD: Final = 11  # 0x92, then 0xD7 0x00 and 8 bytes of EventTime: the record starts here
+_EVENT_TIME_BYTES: Final = 10  # 0xD7 0x00, then 8 bytes
+_EMPTY_MAP: Final = 0x80
 _LOW32: Final = 0xFFFFFFFF
 
 
@@ -340,6 +341,23 @@ def _decode_entries(raw: bytes, received_ns: int, max_decompressed: int, objects
     return chunk.entries if chunk is not None else ()
 
 
+def _usual(buffer: bytes | memoryview, at: int, end: int) -> bool:
+    """Whether the entry at ``at`` is ``[EventTime, map]`` or Fluent Bit's ``[[EventTime, {}],
+    map]`` (a fixext8 time), its time a real one (not a group marker), read from the bytes."""
+    if at + 1 >= end:
+        return False
+    nested = 1 if buffer[at + 1] == _PAIR else 0
+    time_at = at + 1 + nested
+    record_at = time_at + _EVENT_TIME_BYTES + nested  # past the {} that follows a nested time
+    if record_at >= end or buffer[time_at] != _FIXEXT8 or buffer[time_at + 1] != _EVENT_TIME_EXT:
+        return False
+    if nested and buffer[record_at - 1] != _EMPTY_MAP:
+        return False
+    seconds, nanos = _EVENT_TIME_PARTS.unpack_from(buffer, time_at + 2)
+    real = nanos < _NS_PER_SEC and seconds > 0 and seconds not in _GROUP_MARKER_SECONDS
+    return real and buffer[record_at] in _MAP_FIRST
+
+
 def _scan_entries(buffer: bytes | memoryview, size: int | None) -> tuple[int, int]:
     """Check the entries in ``buffer`` as ``forward_entries`` would: (those that are not group
     markers, all of them). An array of them (``size`` -1) or, with ``size`` None, concatenated
@@ -357,14 +375,10 @@ def _scan_entries(buffer: bytes | memoryview, size: int | None) -> tuple[int, in
             seen += 1
             at = tell()
             if buffer[at] == _PAIR:
-                # The usual entry read in place: [fixext8 EventTime, map], its time a real one.
-                if at + _USUAL_HEAD < end and buffer[at + 1] == _FIXEXT8 and buffer[at + 2] == _EVENT_TIME_EXT:
-                    seconds, nanos = _EVENT_TIME_PARTS.unpack_from(buffer, at + 3)
-                    usual = nanos < _NS_PER_SEC and seconds > 0 and seconds not in _GROUP_MARKER_SECONDS
-                    if usual and buffer[at + _USUAL_HEAD] in _MAP_FIRST:
-                        skip()
-                        count += 1
-                        continue
+                if _usual(buffer, at, end):  # checked in place: the record is skipped unbuilt
+                    skip()
+                    count += 1
+                    continue
                 pair()
                 when = unpack()
                 # [EventTime, {record}], or Fluent Bit's [[EventTime, {metadata}], {record}]
