@@ -125,7 +125,7 @@ def to_sink(items: Sequence[Item], timeout: float) -> dict[str, Any]:
         e2e.kill_sink(sink)
         _stop(sender)
         raise
-    code, cpu, rss = e2e.stop_sink(sink)
+    code, cpu, rss, startup = e2e.stop_sink(sink)
     _stop(sender)
     lake = e2e.lake_figures(tmp)
     seconds = max(lake.pop("last_object_at"), acked_at) - started
@@ -140,6 +140,7 @@ def to_sink(items: Sequence[Item], timeout: float) -> dict[str, Any]:
         "seconds_to_last_object": round(seconds, 2),
         "records_per_sec": round(len(items) / seconds),
         "sink_cpu_secs_per_million": round(cpu / len(items) * 1e6, 2),
+        "sink_startup_cpu_secs": round(startup, 2),
         "sink_peak_rss_mb": round(rss, 1),
     }
 
