@@ -110,16 +110,17 @@ def _leftover(
     trie: Mapping[str, Any],
     prefix: str,
     out: tuple[list[str], list[str]],
-    skip: frozenset[str] | set[str] = frozenset(),
+    *,
+    only: Sequence[str] | None = None,
 ) -> None:
-    """Append the (dotted key, text) pairs of ``record`` that ``trie`` does not cover to ``out``."""
+    """Append the (dotted key, text) pairs of ``record`` that ``trie`` does not cover to ``out``;
+    ``only``: the record's keys that may hold any (the others are covered, or skipped)."""
     keys, values = out
-    for key, value in record.items():
-        if key in skip:
-            continue
+    for key in record if only is None else only:
         node = trie.get(key)
         if node is _LEAF:
             continue
+        value = record[key]
         name = f"{prefix}{key}" if prefix else key
         if node is not None and (value.__class__ is dict or isinstance(value, Mapping)):
             _leftover(value, node, f"{name}.", out)
@@ -309,11 +310,18 @@ def _leftovers(
     counts = [0] * len(records)
     keys: list[str] = []
     values: list[str] = []
+    # The top-level keys worth a look, per shape (and line field): most are read whole by the rule.
+    worth: dict[tuple[int, str | None], list[str]] = {}
     for row in look:
         record = records[row]
         line_key = _line_key(record, candidates) if candidates else None
+        plan = worth.get((shapes.ids[row], line_key))
+        if plan is None:
+            skip = whole if line_key is None else whole | {line_key}
+            shape = shapes.shapes[shapes.ids[row]]
+            plan = worth[(shapes.ids[row], line_key)] = [k for k in shape if k not in skip and trie.get(k) is not _LEAF]
         before = len(keys)
-        _leftover(record, trie, "", (keys, values), whole if line_key is None else whole | {line_key})
+        _leftover(record, trie, "", (keys, values), only=plan)
         counts[row] = len(keys) - before
     offsets = pa.concat_arrays([pa.array([0], pa.int64()), pc.cumulative_sum(pa.array(counts, pa.int64()))])
     return pa.MapArray.from_arrays(pc.cast(offsets, pa.int32()), texts(keys), texts(values))
