@@ -53,7 +53,10 @@ STEP_RECORDS = 16_384
 # 512 bytes each as packed; what the step does not take is read again by the next one.
 STEP_READ_BYTES = 8 * 1024 * 1024
 IDLE_WAKE_SECS = 1.0  # how often an idle pipeline checks batch ages
-MIN_STEP_SECS = 0.2  # steps that take the whole backlog are at least this far apart
+# Steps that take the whole backlog are at least this far apart. Each rule call costs a few ms of
+# Arrow calls whatever its size: at 24,000 records/s, 0.5 s (steps of about 12,000 records)
+# instead of 0.2 s took 16% less CPU per record, with acks still under 40 ms at p99.
+MIN_STEP_SECS = 0.5
 # After a failed pipeline step (e.g. a full disk under the batch files): back off, then resume.
 STEP_RETRY_BASE_SECS, STEP_RETRY_MAX_SECS = 1.0, 30.0
 
