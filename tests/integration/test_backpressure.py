@@ -18,7 +18,7 @@ import msgpack
 from securitylake_sink.forward_client import pack_entries
 from tests.integration.sinkproc import SinkProcess, free_port, read_lake, write_config
 
-CHUNKS = 40
+CHUNKS = 120  # about 15 MB: more than the socket buffers take in while the sink holds the shipper back
 RECORDS_PER_CHUNK = 1000
 SPOOL_MAX_BYTES = 1024 * 1024  # the smallest limit the config takes
 STALL_SECS = 2.0  # no ack for this long while chunks wait: the shipper is held back
@@ -119,7 +119,7 @@ def test_a_full_spool_holds_the_shipper_back_and_loses_nothing(tmp_path: Path) -
     assert shipper.sent < CHUNKS, "the sink kept reading the connection"
     assert sink.proc.poll() is None
     sink.wait_for_log("the spool is full")
-    held_at, held_rss = len(shipper.acked), _rss_kb(sink.proc.pid)
+    held_at, held_sent, held_rss = len(shipper.acked), shipper.sent, _rss_kb(sink.proc.pid)
     hold_end = time.monotonic() + HOLD_SECS
     while time.monotonic() < hold_end:
         peak_rss = max(peak_rss, _rss_kb(sink.proc.pid))
@@ -146,6 +146,6 @@ def test_a_full_spool_holds_the_shipper_back_and_loses_nothing(tmp_path: Path) -
     assert len(ids) == CHUNKS * RECORDS_PER_CHUNK
     assert set(ids.values()) == {1}
     assert not list((tmp_path / "spool" / "sealed").iterdir())
-    print(f"backpressure: held after {held_at} of {CHUNKS} chunks; RSS idle {idle_rss} kB, "
+    print(f"backpressure: held after {held_at} of {CHUNKS} chunks ({held_sent} sent); RSS idle {idle_rss} kB, "
           f"held {held_rss} kB, peak {peak_rss} kB")
     shutil.rmtree(tmp_path / "spool", ignore_errors=True)
