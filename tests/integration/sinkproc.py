@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -77,6 +77,8 @@ class SinkProcess:
     ``new_session`` starts it in a session (and process group) of its own, for ``os.killpg``.
     """
 
+    started: ClassVar[list[SinkProcess]] = []  # every one started; the conftest kills what a test left
+
     def __init__(
         self,
         config: Path,
@@ -97,6 +99,7 @@ class SinkProcess:
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
             start_new_session=new_session,
         )
+        SinkProcess.started.append(self)
         try:
             self.wait_for_log(serving)
         except AssertionError:
