@@ -77,6 +77,18 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def process_tree(pid: int) -> list[int]:
+    """A process and its live descendants, from /proc."""
+    pids, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        pids.append(current)
+        for task in Path(f"/proc/{current}/task").glob("*/children") if Path(f"/proc/{current}").exists() else []:
+            with contextlib.suppress(OSError, ValueError):
+                todo += [int(c) for c in task.read_text().split()]
+    return pids
+
+
 class PeakRss(threading.Thread):
     """The peak resident memory of a process and its children, read from /proc while it runs.
 
@@ -100,19 +112,9 @@ class PeakRss(threading.Thread):
             pass
         return 0
 
-    def _tree(self) -> list[int]:
-        pids, todo = [], [self.pid]
-        while todo:
-            pid = todo.pop()
-            pids.append(pid)
-            for task in Path(f"/proc/{pid}/task").glob("*/children") if Path(f"/proc/{pid}").exists() else []:
-                with contextlib.suppress(OSError, ValueError):
-                    todo += [int(c) for c in task.read_text().split()]
-        return pids
-
     def run(self) -> None:
         while not self.done.wait(0.05):
-            tree = self._tree()
+            tree = process_tree(self.pid)
             own_peak = self._field(self.pid, "VmHWM:")  # the sink's own peak, exact
             together = sum(self._field(pid, "VmRSS:") for pid in tree)  # workers: sampled
             self.peak_kb = max(self.peak_kb, own_peak, together)
@@ -160,14 +162,11 @@ class SinkExit(NamedTuple):
 
 def tree_cpu_secs(pid: int) -> float:
     """CPU seconds (user and system) of a process and its descendants so far, from /proc."""
-    ticks, todo = 0, [pid]
-    while todo:
-        current = todo.pop()
+    ticks = 0
+    for current in process_tree(pid):
         with contextlib.suppress(OSError, ValueError, IndexError):
             fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
             ticks += sum(int(v) for v in fields[11:15])  # utime, stime, cutime, cstime
-            for task in Path(f"/proc/{current}/task").glob("*/children"):
-                todo += [int(c) for c in task.read_text().split()]
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
