@@ -89,7 +89,7 @@ class EventTime(int):
 _ARRAY32 = struct.Struct(">BI")  # an array32 header: 0xDD, then the count
 _EVENT_TIME_PARTS = struct.Struct(">II")  # uint32 seconds, uint32 nanoseconds
 _FIXEXT8: Final = 0xD7
-_EVENT_TIME_BYTES: Final = 10  # 0xD7 0x00, then 8 bytes
+_EVENT_TIME_BYTES: Final = 2 + _EVENT_TIME_LEN  # 0xD7 0x00, then the 8 bytes
 _EMPTY_MAP: Final = 0x80
 _LOW32: Final = 0xFFFFFFFF
 
@@ -522,7 +522,7 @@ def _split_time(value: object) -> tuple[int, int]:
         raise ProtocolError("bad time")  # msgpack's own Timestamp (ext -1) is not a Fluent time
     if len(value.data) != _EVENT_TIME_LEN:
         raise ProtocolError("bad time")
-    seconds, nanos = struct.unpack(">II", value.data)
+    seconds, nanos = _EVENT_TIME_PARTS.unpack(value.data)
     return int(seconds), int(nanos)
 
 
