@@ -339,10 +339,10 @@ async def test_take_cached_crosses_a_segment_rotated_while_running(wal_dir: Path
     wal.close()
 
 
-async def test_take_cached_does_not_skip_chunks_evicted_from_the_cache(
+async def test_a_reader_behind_by_more_than_the_cache_reads_from_disk_until_it_catches_up(
     wal_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # GIVEN a log whose cache holds only the newest few chunks
+    # GIVEN a log whose cache holds three chunks, and a reader that falls behind by eight
     monkeypatch.setattr(wal_module, "CACHE_BYTES", 3 * 40)
     wal = open_wal(wal_dir)
     cursor = wal.end
@@ -352,14 +352,22 @@ async def test_take_cached_does_not_skip_chunks_evicted_from_the_cache(
     # WHEN the reader, still at the old cursor, asks for cached chunks
     taken = wal.take_cached(cursor, 100)
 
-    # THEN it gets none (the ones right after its cursor are gone), and reads them from disk instead
+    # THEN it gets none, and reads them all from disk instead
     assert taken == []
     assert read_all(wal, cursor) == written
-    # AND once it has caught up past the evicted chunks, the cache serves the rest
-    first_cached = next(i for i in range(len(ends)) if wal.take_cached(ends[i], 1))
-    assert wal.take_cached(ends[first_cached], 100) == list(
-        zip(ends[first_cached + 1 :], written[first_cached + 1 :], strict=True)
-    )
+    # AND the cache holds none of them: it would only keep chunks evicted before the reader got there
+    assert all(wal.take_cached(end, 100) == [] for end in ends[:-1])
+    # AND chunks that come while the reader is behind are not cached either
+    more = await append_all(wal, [payload(8)])
+    assert wal.take_cached(ends[-1], 100) == []
+
+    # WHEN the reader has caught up with the end of the log
+    assert wal.take_cached(more[-1], 100) == []
+    newest = [payload(9), payload(10)]
+    newest_ends = await append_all(wal, newest)
+
+    # THEN the cache serves what follows again
+    assert wal.take_cached(more[-1], 100) == list(zip(newest_ends, newest, strict=True))
     wal.close()
 
 

@@ -31,8 +31,9 @@ log = logging.getLogger("securitylake_sink.spool")
 MAGIC = b"W1"
 HEADER = struct.Struct(">2sII")
 SEGMENT_BYTES = 64 * 1024 * 1024
-# Chunks kept in memory for the mapper (weighed by spool._cache_weight); past this it reads them
-# back from disk.
+# Chunks kept in memory for the mapper (weighed by spool._cache_weight). A reader more than this
+# behind reads from disk, and nothing is cached until it has caught up: a cache of the newest
+# chunks would only hold ones evicted before the reader gets to them.
 CACHE_BYTES = 16 * 1024 * 1024
 MAX_RECORD_BYTES = 1024 * 1024 * 1024
 
@@ -118,6 +119,7 @@ class WriteAheadLog:
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wal")
         self._cache: deque[tuple[WalPosition, WalPosition, Any, int]] = deque()  # start, end, chunk, weight
         self._cache_bytes = 0
+        self._reader_behind = False  # the cache overflowed: off until the reader reaches the end
         self.durable = asyncio.Event()  # set whenever new records become durable
         self.appended_bytes = 0
         # Moves a segment damaged before its end out of the log, given the path and the offset of
@@ -197,13 +199,15 @@ class WriteAheadLog:
             if spans:
                 self._durable_end = spans[-1][1]
             for (start, end), (_, (decoded, weight), future) in zip(spans, group, strict=True):
-                if decoded is not None:
+                if decoded is not None and not self._reader_behind:
                     self._cache.append((start, end, decoded, weight))
                     self._cache_bytes += weight
                 if not future.done():
                     future.set_result(end)
-            while self._cache_bytes > CACHE_BYTES and self._cache:
-                self._cache_bytes -= self._cache.popleft()[3]
+            if self._cache_bytes > CACHE_BYTES:
+                self._cache.clear()
+                self._cache_bytes = 0
+                self._reader_behind = True
             self.durable.set()
 
     def _write_group(self, payloads: list[bytes]) -> list[tuple[WalPosition, WalPosition]]:
@@ -243,7 +247,10 @@ class WriteAheadLog:
 
     # -- reading -------------------------------------------------------------------------
     def take_cached(self, cursor: WalPosition, limit: int) -> list[tuple[WalPosition, Any]]:
-        """Cached chunks that follow ``cursor`` contiguously, with their end positions."""
+        """Cached chunks that follow ``cursor`` contiguously, with their end positions. A reader
+        at the end of the log turns the cache back on after it overflowed."""
+        if self._reader_behind and cursor >= self._durable_end:
+            self._reader_behind = False
         while self._cache and self._cache[0][0] < cursor:
             self._cache_bytes -= self._cache.popleft()[3]
         out: list[tuple[WalPosition, Any]] = []
