@@ -31,6 +31,7 @@ from securitylake_sink.encode.parquet import encode_parquet
 from securitylake_sink.errors import DeliveryError, PermanentDelivery, SpoolCorrupt
 from securitylake_sink.lake.retry import backoff_delay
 from securitylake_sink.lake.store import ObjectStore
+from securitylake_sink.memory import give_back
 from securitylake_sink.ocsf.schema import load_schema
 from securitylake_sink.spool import Spool
 from securitylake_sink.spool.batchfile import SUFFIX, BatchFile
@@ -203,6 +204,7 @@ class Delivery:
         rows = table.num_rows
         data = encode_parquet(table)
         del table  # an upload can take seconds: hold only the object's bytes meanwhile
+        give_back()
         started = time.monotonic()
         self.store.put(batch.header.key, data)
         self.counters.upload_seconds.observe(time.monotonic() - started)
