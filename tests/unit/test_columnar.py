@@ -94,6 +94,29 @@ def test_nulls_are_slices_of_one_cached_array() -> None:
     assert first.buffers()[0] is None or first.buffers()[0].address == second.buffers()[0].address
 
 
+def _buffers(array: pa.Array) -> set[int]:
+    return {b.address for b in array.buffers() if b is not None and b.size}
+
+
+def test_nulls_of_every_type_share_one_zeroed_buffer() -> None:
+    # GIVEN every column type of a wide class (structs, lists, maps, strings, numbers, times)
+    schema = SCHEMA.arrow_schema(3002)
+    before = pa.total_allocated_bytes()
+
+    # WHEN all-null columns of 100,000 rows are made for each
+    columns = [nulls(f.type, 100_000) for f in schema]
+
+    # THEN each is what pa.nulls makes
+    for f, column in zip(schema, columns, strict=True):
+        column.validate(full=True)
+        assert column.type == f.type and column.null_count == len(column) == 100_000
+        assert column.equals(pa.nulls(100_000, f.type))
+    # AND every buffer of every one of them is the same buffer, so they cost one buffer's bytes
+    # between them (pa.nulls allocates about 20 MB for these)
+    assert len(set().union(*(_buffers(c) for c in columns))) == 1
+    assert pa.total_allocated_bytes() - before < 4 * 1024 * 1024
+
+
 def _header() -> BatchHeader:
     return BatchHeader("b1", 4002, "1.1.0", "ext/http/", 472_222, "key.parquet", 0)
 
