@@ -61,20 +61,24 @@ def _zeros(rows: int) -> pa.Buffer:
 
 
 def _null_array(t: pa.DataType, n: int, zeros: pa.Buffer) -> pa.Array:
-    """An all-null array of ``t`` whose buffers are all ``zeros``; ``pa.nulls`` for other types."""
+    """An all-null array of ``t`` whose buffers are slices of ``zeros``, each of the size it needs
+    (an IPC writer writes a list's empty values whole); ``pa.nulls`` for other types."""
+    bitmap = zeros.slice(0, (n + 7) // 8)
+    offsets = zeros.slice(0, (n + 1) * 4)  # int32 offsets, all 0
     if pa.types.is_struct(t):
         children = [_null_array(f.type, n, zeros) for f in t]
-        return pa.Array.from_buffers(t, n, [zeros], null_count=n, children=children)
+        return pa.Array.from_buffers(t, n, [bitmap], null_count=n, children=children)
     if pa.types.is_list(t):
-        return pa.Array.from_buffers(t, n, [zeros, zeros], null_count=n, children=[_null_array(t.value_type, 0, zeros)])
+        values = _null_array(t.value_type, 0, zeros)
+        return pa.Array.from_buffers(t, n, [bitmap, offsets], null_count=n, children=[values])
     if pa.types.is_map(t):
         keys, items = (_null_array(f.type, 0, zeros) for f in (t.key_field, t.item_field))
         entries = pa.Array.from_buffers(pa.struct([t.key_field, t.item_field]), 0, [None], children=[keys, items])
-        return pa.Array.from_buffers(t, n, [zeros, zeros], null_count=n, children=[entries])
+        return pa.Array.from_buffers(t, n, [bitmap, offsets], null_count=n, children=[entries])
     if pa.types.is_string(t) or pa.types.is_binary(t):
-        return pa.Array.from_buffers(t, n, [zeros, zeros, zeros], null_count=n)
+        return pa.Array.from_buffers(t, n, [bitmap, offsets, zeros.slice(0, 0)], null_count=n)
     if any(test(t) for test in _FIXED_WIDTH) and t.bit_width <= _BYTES_PER_ROW * 8:
-        return pa.Array.from_buffers(t, n, [zeros, zeros], null_count=n)
+        return pa.Array.from_buffers(t, n, [bitmap, zeros.slice(0, (n * t.bit_width + 7) // 8)], null_count=n)
     return pa.nulls(n, t)
 
 

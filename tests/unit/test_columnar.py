@@ -115,6 +115,18 @@ def test_nulls_of_every_type_share_one_zeroed_buffer() -> None:
     # between them (pa.nulls allocates about 20 MB for these)
     assert len(set().union(*(_buffers(c) for c in columns))) == 1
     assert pa.total_allocated_bytes() - before < 4 * 1024 * 1024
+    # AND a short one is written to IPC (as batch files are) no bigger than pa.nulls's: no buffer of
+    # it, nor of a list's empty values, carries the shared buffer's 100,000 rows of zeros
+    for f in schema:
+        assert _ipc_size(nulls(f.type, 10)) <= _ipc_size(pa.nulls(10, f.type)), f.name
+
+
+def _ipc_size(array: pa.Array) -> int:
+    batch = pa.RecordBatch.from_arrays([array], names=["a"])
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, batch.schema) as writer:
+        writer.write_batch(batch)
+    return int(sink.getvalue().size)
 
 
 def _header() -> BatchHeader:
