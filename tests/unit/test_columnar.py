@@ -145,6 +145,40 @@ def test_batch_file_round_trips_pruned_frames_sorted_by_time(tmp_path: Path) -> 
     assert table.to_pylist() == pa.Table.from_batches([batch]).to_pylist()
 
 
+# Counts what it allocates; lives as long as the process, as buffers it allocated may be cached.
+_COUNTING_POOL = pa.proxy_memory_pool(pa.system_memory_pool())
+
+
+def test_reading_an_unsorted_batch_file_holds_the_table_and_about_one_column_more(tmp_path: Path) -> None:
+    # GIVEN a batch file of 4 frames whose rows are in reverse time order, with 8 string columns of
+    # about 1 MB each beside `time`
+    rows = 40_000
+    schema = pa.schema([("time", pa.timestamp("ms", tz="UTC"))] + [(f"s{i}", pa.string()) for i in range(8)])
+    table = pa.table(
+        [pa.array(range(rows, 0, -1), pa.int64()).cast(schema.field(0).type)]
+        + [pa.array([f"{i}-{r:020d}" for r in range(rows)]) for i in range(8)],
+        schema=schema,
+    )
+    file = BatchFile.create(tmp_path, _header())
+    for batch in table.to_batches(max_chunksize=rows // 4):
+        file.append(batch, WalPosition(1, 10))
+    file.close()
+
+    # WHEN it is read back, every Arrow allocation counted
+    pool = _COUNTING_POOL
+    previous = pa.default_memory_pool()
+    pa.set_memory_pool(pool)
+    try:
+        read = BatchFile.open(tmp_path / "b1.batch").read_table(schema)
+    finally:
+        pa.set_memory_pool(previous)
+
+    # THEN the rows come sorted, and the peak is the table plus about one column, not two tables
+    assert read.column("time").to_pylist() == sorted(table.column("time").to_pylist())
+    assert read.column("s0").to_pylist() == table.column("s0").to_pylist()[::-1]
+    assert pool.max_memory() < 1.5 * read.nbytes
+
+
 def test_batch_file_reads_frames_of_the_full_width_form(tmp_path: Path) -> None:
     """Files written before frames were pruned hold one record-batch message in the class schema."""
     batch = _full_batch()

@@ -141,6 +141,19 @@ class BatchFile:
     def read_table(self, schema: pa.Schema) -> pa.Table:
         """Every frame as one table in ``schema``, rows sorted by ``time``; a bad frame inside
         the file is corruption. Rows are sorted while pruned, then widened (see columnar.py)."""
+        batches = self._read_frames(schema)
+        if not batches:
+            return schema.empty_table()
+        union = union_type(pa.struct(list(schema)), [pa.struct(list(b.schema)) for b in batches])
+        narrow = pa.schema(list(union)) if isinstance(union, pa.StructType) else schema
+        held = [pa.concat_tables([widen_batch(b, narrow) for b in batches])]
+        batches.clear()
+        if "time" in narrow.names and not is_ascending(held[0].column("time")):
+            _sort(held)
+        return widen_batch(held.pop(), schema)
+
+    def _read_frames(self, schema: pa.Schema) -> list[pa.RecordBatch]:
+        """The file's frames, decompressed (the file's bytes are let go on return)."""
         data = self.path.read_bytes()
         batches = []
         end = 0
@@ -154,26 +167,21 @@ class BatchFile:
                 raise SpoolCorrupt(f"batch file {self.path.name} has an unreadable frame: {exc}") from exc
         if end != len(data):
             raise SpoolCorrupt(f"batch file {self.path.name} is damaged at byte {end}")
-        if not batches:
-            return schema.empty_table()
-        union = union_type(pa.struct(list(schema)), [pa.struct(list(b.schema)) for b in batches])
-        narrow = pa.schema(list(union)) if isinstance(union, pa.StructType) else schema
-        table = pa.concat_tables([widen_batch(b, narrow) for b in batches])
-        batches.clear()
-        if "time" in narrow.names and not is_ascending(table.column("time")):
-            table = _sorted(table, pc.sort_indices(table.column("time")))
-        return widen_batch(table, schema)
+        return batches
 
 
-def _sorted(table: pa.Table, order: pa.Array) -> pa.Table:
-    """``table.take(order)`` a column at a time, each unsorted column let go once its sorted
-    copy exists: the peak is the table plus one column, not two tables."""
+def _sort(held: list[pa.Table]) -> None:
+    """Sort the table in ``held`` (its only reference) by ``time``, a column at a time: each
+    unsorted column is let go once its sorted copy exists, so the peak is the table plus one
+    column, not two tables (a reference left in the caller would keep the whole table alive)."""
+    table = held.pop()
+    order = pc.sort_indices(table.column("time"))  # stable: rows of one millisecond keep their order
     schema = table.schema
     columns = []
     for _ in range(table.num_columns):
         columns.append(table.column(0).take(order))
         table = table.remove_column(0)
-    return pa.Table.from_arrays(columns, schema=schema)
+    held.append(pa.Table.from_arrays(columns, schema=schema))
 
 
 def _serialize(batch: pa.RecordBatch) -> bytes:
