@@ -146,11 +146,19 @@ class BatchFile:
             return schema.empty_table()
         union = union_type(pa.struct(list(schema)), [pa.struct(list(b.schema)) for b in batches])
         narrow = pa.schema(list(union)) if isinstance(union, pa.StructType) else schema
-        held = [pa.concat_tables([widen_batch(b, narrow) for b in batches])]
+        table = pa.concat_tables([widen_batch(b, narrow) for b in batches])
         batches.clear()
-        if "time" in narrow.names and not is_ascending(held[0].column("time")):
-            _sort(held)
-        return widen_batch(held.pop(), schema)
+        if "time" in narrow.names and not is_ascending(table.column("time")):
+            # Sorted a column at a time, each unsorted column let go once its sorted copy exists:
+            # the peak is the table plus one column, not two tables. (This function holds the
+            # only reference: a caller's would keep the whole unsorted table alive.)
+            order = pc.sort_indices(table.column("time"))  # stable: rows of one millisecond keep their order
+            pruned, columns = table.schema, []
+            for _ in range(table.num_columns):
+                columns.append(table.column(0).take(order))
+                table = table.remove_column(0)
+            table = pa.Table.from_arrays(columns, schema=pruned)
+        return widen_batch(table, schema)
 
     def _read_frames(self, schema: pa.Schema) -> list[pa.RecordBatch]:
         """The file's frames, decompressed (the file's bytes are let go on return)."""
@@ -168,20 +176,6 @@ class BatchFile:
         if end != len(data):
             raise SpoolCorrupt(f"batch file {self.path.name} is damaged at byte {end}")
         return batches
-
-
-def _sort(held: list[pa.Table]) -> None:
-    """Sort the table in ``held`` (its only reference) by ``time``, a column at a time: each
-    unsorted column is let go once its sorted copy exists, so the peak is the table plus one
-    column, not two tables (a reference left in the caller would keep the whole table alive)."""
-    table = held.pop()
-    order = pc.sort_indices(table.column("time"))  # stable: rows of one millisecond keep their order
-    schema = table.schema
-    columns = []
-    for _ in range(table.num_columns):
-        columns.append(table.column(0).take(order))
-        table = table.remove_column(0)
-    held.append(pa.Table.from_arrays(columns, schema=schema))
 
 
 def _serialize(batch: pa.RecordBatch) -> bytes:
