@@ -443,3 +443,41 @@ def test_a_value_that_cannot_be_cast_dead_letters_its_record_only(tmp_path: Path
     assert sorted(events(outcome)) == [0]
     assert outcome.failed[1][1] == "src_endpoint.port: 'eighty' is not a valid int32"
     assert outcome.failed[2][1] == "time: cannot read 'tomorrow' as a time (auto)"
+
+
+def test_a_regex_step_agrees_with_first_match_semantics_row_by_row() -> None:
+    """Each row takes the first pattern that matches it; groups of other patterns are null there,
+    as is a group that took no part in the match; names of a pattern no row matches still exist."""
+    import random
+    import re
+
+    from securitylake_sink.mapping.columns import UsedFields, pull_frame
+    from securitylake_sink.mapping.evaluate import Evaluator
+    from securitylake_sink.mapping.ops import Faults
+    from securitylake_sink.mapping.spec import Ref, RegexStep
+
+    patterns = (
+        r"^(?P<verb>GET|PUT) (?P<path>/\S*)(?: (?P<code>\d+))?",
+        r"^user (?P<user>\w+) from (?P<ip>[\d.]+)",
+        r"^(?P<user>\w+)@(?P<host>\S+)",
+        r"^never (?P<nothing>x)$",
+        r"(?P<tail>\d+)$",
+    )
+    shapes = ["GET /a 200", "PUT /b", "user ann from 10.0.0.1", "bob@h1", "user 7", "zzz", "", "9@x 12", "x 12"]
+    rng = random.Random(7)
+    records: list[dict[str, Any]] = [
+        {"log": rng.choice(shapes)} if rng.random() > 0.1 else {"other": 1} for _ in range(3_000)
+    ]
+    frame = pull_frame(records, "t", pa.array([T] * len(records), pa.int64()), UsedFields(("log",), ("log",)))
+    evaluator = Evaluator(frame, {}, Faults())
+    evaluator.run_step(RegexStep("r", Ref("log", ()), patterns, ()))
+
+    names = ["verb", "path", "code", "user", "ip", "host", "nothing", "tail"]
+    assert sorted(k for k in frame.captures if k.startswith("r.")) == sorted(f"r.{n}" for n in names)
+    for row, record in enumerate(records):
+        line = record.get("log")
+        hit = next((m for p in patterns if line is not None and (m := re.search(p, line))), None)
+        assert frame.matched["r"][row].as_py() is (hit is not None), (row, line)
+        for name in names:
+            want = (hit.groupdict().get(name) or None) if hit else None
+            assert frame.captures[f"r.{name}"][row].as_py() == want, (row, line, name)

@@ -6,6 +6,7 @@ from __future__ import annotations
 __all__ = ["Evaluator", "PythonFunction"]
 
 import contextlib
+import functools
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -66,6 +67,20 @@ def _rows_key(rows: pa.Array) -> tuple[object, ...]:
     return (rows.offset, len(rows), *(b.to_pybytes() if b is not None else None for b in rows.buffers()))
 
 
+@functools.lru_cache(maxsize=1024)
+def _group_names(pattern: str) -> tuple[str, ...]:
+    """The names of a regex's capture groups, in the order extract_regex gives them."""
+    return tuple(field.name for field in pc.extract_regex(pa.array([], pa.string()), pattern).type)
+
+
+def _placed(parts: list[tuple[pa.Array, pa.Array]], n: int) -> pa.Array:
+    """An ``n``-row column holding each part's values at its row numbers (disjoint), null
+    elsewhere."""
+    rows = pa.concat_arrays([r for r, _ in parts]) if len(parts) > 1 else parts[0][0]
+    values = pa.concat_arrays([v for _, v in parts]) if len(parts) > 1 else parts[0][1]
+    return pc.scatter(values, rows, max_index=n - 1)
+
+
 class Evaluator:
     """Evaluates specs over one frame; cast failures are recorded in ``faults`` per row."""
 
@@ -105,27 +120,48 @@ class Evaluator:
         frame.matched.setdefault(step.name, constant(False, pa.bool_(), frame.n))
 
     def _regex(self, step: RegexStep, source: pa.Array) -> None:
+        # A row takes the first pattern it matches. Capturing groups costs RE2 several times what
+        # matching does, on every row it is tried on, so the first pattern (the common case)
+        # captures over all rows, and each later one captures only from the rows it matches of
+        # those left: a cheap match over the rest first.
         frame = self.frame
-        matched = constant(False, pa.bool_(), frame.n)
+        first, *others = step.patterns
+        found = pc.extract_regex(source, first)
+        matched = pc.is_valid(found)
         groups: dict[str, list[pa.Array]] = {}
-        for pattern in step.patterns:
-            rest = pc.if_else(matched, None, source) if len(step.patterns) > 1 else source
-            found = pc.extract_regex(rest, pattern)
-            hit = pc.is_valid(found)
-            if hit.true_count == 0:
-                for sub in found.type:
-                    groups.setdefault(sub.name, [])
+        for index, name in enumerate(_group_names(first)):
+            groups[name] = [pc.struct_field(found, [index])]
+        later: dict[str, list[tuple[pa.Array, pa.Array]]] = {}
+        left = pc.and_not(pc.is_valid(source), matched)
+        rest, at = source.filter(left), pc.cast(pc.indices_nonzero(left), pa.int64())
+        found_at: list[pa.Array] = []
+        for pattern in others:
+            names = _group_names(pattern)
+            for name in names:
+                groups.setdefault(name, [])
+                later.setdefault(name, [])
+            if not len(rest):
                 continue
-            matched = pc.or_(matched, hit)
-            for index, sub in enumerate(found.type):
-                groups.setdefault(sub.name, []).append(pc.struct_field(found, [index]))
+            hit = pc.fill_null(pc.match_substring_regex(rest, pattern), False)
+            if hit.true_count == 0:
+                continue
+            found = pc.extract_regex(rest.filter(hit), pattern)
+            rows = at.filter(hit)
+            found_at.append(rows)
+            for index, name in enumerate(names):
+                later[name].append((rows, pc.struct_field(found, [index])))
+            miss = pc.invert(hit)
+            rest, at = rest.filter(miss), at.filter(miss)
         for name, parts in groups.items():
-            # Each row matched one pattern at most (the others are null there), so the first
-            # non-null part is that pattern's group; "" means the group took no part in it.
-            value = (
-                pa.nulls(frame.n, pa.string()) if not parts else parts[0] if len(parts) == 1 else pc.coalesce(*parts)
-            )
+            if later.get(name):
+                parts.append(_placed(later[name], frame.n))
+            value = pa.nulls(frame.n, pa.string()) if not parts else pc.coalesce(*parts) if len(parts) > 1 else parts[0]
+            # "" means the group took no part in the row's match.
             frame.captures[f"{step.name}.{name}"] = _blank_to_null(value)
+        if found_at:
+            rows = pa.concat_arrays(found_at)
+            marks = pc.scatter(constant(True, pa.bool_(), len(rows)), rows, max_index=frame.n - 1)
+            matched = pc.or_(matched, pc.fill_null(marks, False))
         frame.matched[step.name] = matched
 
     def _kv(self, step: KvStep, source: pa.Array) -> None:
