@@ -27,7 +27,7 @@ from typing import TypeVar
 from securitylake_sink.config import DeliveryConfig
 from securitylake_sink.counters import Counters
 from securitylake_sink.deadletter import DeadLetterShipper, Shipped
-from securitylake_sink.encode.parquet import encode_parquet
+from securitylake_sink.encode.parquet import encode_object
 from securitylake_sink.errors import DeliveryError, PermanentDelivery, SpoolCorrupt
 from securitylake_sink.lake.retry import backoff_delay
 from securitylake_sink.lake.store import ObjectStore
@@ -200,10 +200,9 @@ class Delivery:
     def deliver_one(self, batch: BatchFile) -> tuple[int, int]:
         """Deliver thread: encode and store one sealed batch, then delete it; (rows, bytes)."""
         schema = load_schema(batch.header.ocsf_version).arrow_schema(batch.header.class_uid)
-        table = batch.read_table(schema)
-        rows = table.num_rows
-        data = encode_parquet(table)
-        del table  # an upload can take seconds: hold only the object's bytes meanwhile
+        # The table is read and let go inside: an upload can take seconds, so only the object's
+        # bytes are held meanwhile.
+        data, rows = encode_object(lambda: batch.read_table(schema), self.spool.scratch_dir)
         give_back()
         started = time.monotonic()
         self.store.put(batch.header.key, data)

@@ -173,3 +173,54 @@ def test_thrift_round_trips_every_kind_of_value_and_refuses_cut_bytes() -> None:
     for cut in range(len(raw)):
         with pytest.raises(thrift.ThriftError):
             thrift.read_struct(raw[:cut])
+
+
+def test_an_object_encoded_through_a_scratch_file_is_the_same_and_lets_its_table_go_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a table that only the reader holds (as delivery reads a batch file)
+    base = TABLES[3002]
+    reads: list[int] = []
+
+    def read() -> pa.Table:
+        table = pa.concat_tables([base] * 500).combine_chunks()  # fresh buffers, ~500 x the rows
+        reads.append(pa.total_allocated_bytes())
+        return table
+
+    at_splice: list[int] = []
+    real = splice.splice
+
+    def watch(written: bytes, made: splice.Template, leaves: Any) -> bytes:
+        at_splice.append(pa.total_allocated_bytes())
+        return real(written, made, leaves)
+
+    monkeypatch.setattr(splice, "splice", watch)
+    before = pa.total_allocated_bytes()
+    # WHEN it is encoded through a scratch directory
+    data, rows = parquet.encode_object(read, tmp_path)
+    # THEN the bytes are encode_parquet's, read once, and no scratch file is left
+    assert (rows, reads.__len__()) == (base.num_rows * 500, 1)
+    assert data == encode_parquet(read())
+    assert list(tmp_path.iterdir()) == []
+    # AND the table was let go before its bytes were spliced
+    table_bytes = reads[0] - before
+    assert table_bytes > 5_000_000
+    assert at_splice[0] - before < table_bytes // 10
+
+
+def test_an_object_the_splice_refuses_is_read_again_and_written_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(written: bytes, made: splice.Template, leaves: Any) -> bytes:
+        raise splice.Unsupported("test")
+
+    monkeypatch.setattr(splice, "splice", refuse)
+    reads: list[None] = []
+
+    def read() -> pa.Table:
+        reads.append(None)
+        return TABLES[3002]
+
+    data, rows = parquet.encode_object(read, tmp_path)
+    assert (data, rows, len(reads)) == (encode_parquet(TABLES[3002], splice_nulls=False), TABLES[3002].num_rows, 2)
+    assert list(tmp_path.iterdir()) == []

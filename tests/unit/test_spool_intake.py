@@ -209,3 +209,15 @@ def test_a_tag_and_meta_holding_bytes_that_are_not_utf8_are_spooled_as_those_byt
     back = decode_chunk(payload)
     assert (back.tag, dict(back.meta)) == (original.tag, {"k": f"v{odd}"})
     assert b"app.\xff\xfe" in payload
+
+
+def test_opening_the_spool_empties_scratch_of_an_object_a_crash_left(tmp_path: Path) -> None:
+    # GIVEN a spool whose process died while writing an object's Parquet into scratch/
+    spool = open_spool(tmp_path)
+    (spool.scratch_dir / "tmpx1.parquet").write_bytes(b"PAR1 half an object")
+    spool.close()
+    # WHEN it is opened again; THEN scratch/ is empty and counts toward no batch bytes
+    spool = open_spool(tmp_path)
+    assert list(spool.scratch_dir.iterdir()) == []
+    assert spool.disk_bytes() == spool.wal.disk_bytes()
+    spool.close()

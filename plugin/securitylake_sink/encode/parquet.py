@@ -12,11 +12,14 @@ chunks and the full footer by hand. The bytes are those pyarrow writes for the w
 
 from __future__ import annotations
 
-__all__ = ["encode_parquet", "leaf_columns"]
+__all__ = ["encode_object", "encode_parquet", "leaf_columns"]
 
 import logging
-from collections.abc import Iterator, Sequence
+import os
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -206,9 +209,9 @@ def _template(schema: pa.Schema) -> splice.Template:
     return splice.template(schema, no_rows)
 
 
-def _write(table: pa.Table, levels: dict[str, int | None], rows_per_group: int) -> bytes:
-    """pyarrow's Parquet of ``table``: constant columns uncompressed, without a dictionary."""
-    sink = pa.BufferOutputStream()
+def _write(table: pa.Table, levels: dict[str, int | None], rows_per_group: int, sink: pa.NativeFile) -> None:
+    """pyarrow's Parquet of ``table`` into ``sink``: constant columns uncompressed, without a
+    dictionary."""
     # Parquet's own schema carries every type (read back, it equals the class schema), so the
     # serialized Arrow schema is left out: 50-110 KB per object for the wide classes. The
     # schema's key-value metadata (ocsf.version, ocsf.class_uid) is kept.
@@ -225,33 +228,80 @@ def _write(table: pa.Table, levels: dict[str, int | None], rows_per_group: int) 
         metadata = table.schema.metadata or {}
         if metadata:
             writer.add_key_value_metadata({k.decode(): v.decode() for k, v in metadata.items()})
+
+
+def _written(table: pa.Table, levels: dict[str, int | None], rows_per_group: int) -> bytes:
+    sink = pa.BufferOutputStream()
+    _write(table, levels, rows_per_group, sink)
     return bytes(sink.getvalue().to_pybytes())
+
+
+def _write_file(table: pa.Table, levels: dict[str, int | None], rows_per_group: int, scratch: Path) -> Path:
+    """``_write`` into a new file in ``scratch``: unlike a buffer in memory, a file does not grow
+    by doubling, nor is it copied out at the end (8 MB less at the peak for a 6 MB object)."""
+    fd, name = tempfile.mkstemp(dir=scratch, suffix=".parquet")
+    os.close(fd)
+    path = Path(name)
+    try:
+        with pa.OSFile(name, "wb") as sink:
+            _write(table, levels, rows_per_group, sink)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    return path
 
 
 def encode_parquet(table: pa.Table, *, splice_nulls: bool = True) -> bytes:
     """Sort by ``time`` and write Parquet; the schema (with its OCSF metadata) is kept as is.
 
     ``splice_nulls=False`` has pyarrow write every column itself: the same bytes, slower."""
+    return _encode(lambda: table, None, splice_nulls=splice_nulls)[0]
+
+
+def encode_object(read: Callable[[], pa.Table], scratch: Path) -> tuple[bytes, int]:
+    """``encode_parquet`` of the table ``read()`` returns, and its row count, with less memory:
+    pyarrow writes into a file in ``scratch``, and the table is let go before that file is read
+    back and spliced, so the table and the object's bytes are never held at once. ``read`` is
+    called again if pyarrow has to write the whole table (see :func:`encode_parquet`)."""
+    return _encode(read, scratch)
+
+
+def _encode(read: Callable[[], pa.Table], scratch: Path | None, *, splice_nulls: bool = True) -> tuple[bytes, int]:
+    table = read()  # the only reference, when ``read`` keeps none
+    rows = table.num_rows
     # Arrow size is an upper bound of the compressed size, so this keeps row groups in bounds.
     # All-null columns share buffers (columnar.nulls): count each buffer once.
-    per_row = max(1, table.get_total_buffer_size() // max(1, table.num_rows))
-    rows_per_group = max(1, min(table.num_rows or 1, ROW_GROUP_BYTES // per_row))
+    per_row = max(1, table.get_total_buffer_size() // max(1, rows))
+    rows_per_group = max(1, min(rows or 1, ROW_GROUP_BYTES // per_row))
     order = None
-    if table.num_rows > 1 and not is_ascending(table.column("time")):
+    if rows > 1 and not is_ascending(table.column("time")):
         order = pc.sort_indices(table.column("time"))  # stable: rows of one millisecond keep their order
     template = _template(table.schema)
     plan = _plan(table, template.leaves)  # which columns are null on every row does not depend on the order
-    if not splice_nulls or table.num_rows == 0 or all(plan.written.values()):
-        return _write(table if order is None else table.take(order), plan.levels, rows_per_group)
+    if not splice_nulls or rows == 0 or all(plan.written.values()):
+        return _written(table if order is None else table.take(order), plan.levels, rows_per_group), rows
     narrow = _narrow_table(table, plan)  # sorted once narrow: a wide table's take costs per column
-    written = _write(narrow if order is None else narrow.take(order), plan.levels, rows_per_group)
+    del table
+    if order is not None:
+        narrow = narrow.take(order)
+    if scratch is None:
+        written = _written(narrow, plan.levels, rows_per_group)
+        del narrow
+    else:
+        file = _write_file(narrow, plan.levels, rows_per_group, scratch)
+        del narrow  # the object's columns go before its bytes come in
+        try:
+            written = file.read_bytes()
+        finally:
+            file.unlink(missing_ok=True)
     index = {path: i for i, path in enumerate(plan.levels)}
     leaves = [
         splice.Planned(level, plan.written[path], index[plan.copies[path]] if path in plan.copies else None)
         for path, level in plan.levels.items()
     ]
     try:
-        return splice.splice(written, template, leaves)
+        return splice.splice(written, template, leaves), rows
     except splice.Unsupported as exc:
         log.warning("Parquet: pyarrow writes this object whole", extra={"reason": str(exc)})
-        return encode_parquet(table, splice_nulls=False)
+        del written
+        return _encode(read, None, splice_nulls=False)

@@ -11,6 +11,8 @@ On-disk layout under ``spool.path``::
     open/<id>.batch           open batches, one per (location, class, event hour)
     sealed/<id>.batch         closed batches waiting to be stored; header holds the object key
     sealed/<id>.failures      JSON: that batch's permanent rejections so far (count, first, last)
+    scratch/<name>.parquet    an object's columns as pyarrow writes them, read back at once to
+                              splice its footer (encode/parquet.py); emptied at open
     quarantine/<id>.batch     batches set aside: rejected permanently too often, or unreadable
     quarantine/<seq>.wal      log segments damaged before their end (the part before was mapped)
     quarantine/<id>.reason.json   why each item is there (quarantine.py; ``spool ls`` shows it)
@@ -216,6 +218,7 @@ class Spool:
         self.wal = WriteAheadLog(path / "wal")
         self.open_dir = path / "open"
         self.sealed_dir = path / "sealed"
+        self.scratch_dir = path / "scratch"
         self.quarantine_dir = path / quarantine.QUARANTINE_DIR
         self.quarantined: dict[str, int] = {}  # items this process set aside, by kind
         self.wal.on_damaged = self._quarantine_segment
@@ -235,7 +238,7 @@ class Spool:
     def open(self) -> tuple[list[BatchFile], list[BatchFile]]:
         """Lock, recover, and return the (open, sealed) batches found on disk."""
         try:
-            for d in (self.path, self.open_dir, self.sealed_dir, self.quarantine_dir):
+            for d in (self.path, self.open_dir, self.sealed_dir, self.scratch_dir, self.quarantine_dir):
                 d.mkdir(parents=True, exist_ok=True)
             self._lock = (self.path / "lock").open("ab")
         except OSError as exc:
@@ -244,6 +247,8 @@ class Spool:
             fcntl.flock(self._lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise SpoolLocked(f"spool.path {self.path} is in use by another securitylake-sink process") from None
+        for leftover in self.scratch_dir.iterdir():  # a crash while an object was written
+            leftover.unlink(missing_ok=True)
         self.checkpoint = self._read_checkpoint()
         self.wal.open()
         self._recover_tokens()
