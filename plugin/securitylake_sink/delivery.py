@@ -24,6 +24,8 @@ from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
+import pyarrow as pa
+
 from securitylake_sink.config import DeliveryConfig
 from securitylake_sink.counters import Counters
 from securitylake_sink.deadletter import DeadLetterShipper, Shipped
@@ -200,9 +202,15 @@ class Delivery:
     def deliver_one(self, batch: BatchFile) -> tuple[int, int]:
         """Deliver thread: encode and store one sealed batch, then delete it; (rows, bytes)."""
         schema = load_schema(batch.header.ocsf_version).arrow_schema(batch.header.class_uid)
+
+        def read() -> pa.Table:
+            table = batch.read_table(schema)
+            give_back()  # what reading and sorting freed, before the Parquet writer allocates
+            return table
+
         # The table is read and let go inside: an upload can take seconds, so only the object's
         # bytes are held meanwhile.
-        data, rows = encode_object(lambda: batch.read_table(schema), self.spool.scratch_dir)
+        data, rows = encode_object(read, self.spool.scratch_dir)
         give_back()
         started = time.monotonic()
         self.store.put(batch.header.key, data)
