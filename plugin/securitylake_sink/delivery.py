@@ -30,7 +30,7 @@ from securitylake_sink.config import DeliveryConfig
 from securitylake_sink.counters import Counters
 from securitylake_sink.deadletter import DeadLetterShipper, Shipped
 from securitylake_sink.encode.parquet import encode_object
-from securitylake_sink.errors import DeliveryError, PermanentDelivery, SpoolCorrupt
+from securitylake_sink.errors import DeliveryError, PermanentDelivery, RetriableDelivery, SpoolCorrupt
 from securitylake_sink.lake.retry import backoff_delay
 from securitylake_sink.lake.store import ObjectStore
 from securitylake_sink.memory import give_back
@@ -210,7 +210,12 @@ class Delivery:
 
         # The table is read and let go inside: an upload can take seconds, so only the object's
         # bytes are held meanwhile.
-        data, rows = encode_object(read, self.spool.scratch_dir)
+        try:
+            data, rows = encode_object(read, self.spool.scratch_dir)
+        except OSError as exc:  # the spool's disk (full, failing): the batch is intact, try again later
+            raise RetriableDelivery(
+                f"cannot write the object's Parquet in {self.spool.scratch_dir}: {exc.strerror or exc}"
+            ) from exc
         give_back()
         started = time.monotonic()
         self.store.put(batch.header.key, data)

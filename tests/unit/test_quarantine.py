@@ -441,3 +441,34 @@ async def test_an_upload_holds_the_objects_bytes_but_not_its_table(
     assert clean and app.counters.objects == 2
     assert store.held_at_put == [False, False]
     assert len(lake_uids(tmp_path / "lake")) == 2 * ROWS
+
+
+async def test_a_spool_scratch_that_cannot_be_written_is_retried_not_quarantined(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # GIVEN a running sink whose spool scratch/ is not a directory (as a failing spool disk would
+    # refuse the object's Parquet file)
+    store = PrefixRejectingStore(tmp_path / "lake", "", None)
+    app = App(config_for(tmp_path, "{max_attempts: 1, max_age_secs: 0.001}", batch_age_secs=0.05), store=store,
+              listen=False)  # fmt: skip
+    await app.start()
+    scratch = app.spool.scratch_dir
+    scratch.rmdir()
+    scratch.write_bytes(b"")
+    # WHEN a batch is sealed and delivery tries it a few times
+    await app.spool.submit(hour_chunk(0))
+    for _ in range(500):
+        if app.counters.delivery_failures >= 3:
+            break
+        await asyncio.sleep(0.01)
+    # THEN each try is a transient failure that names the scratch file's trouble, and nothing is set aside
+    assert app.counters.delivery_failures >= 3 and app.counters.permanent_failures == 0
+    reasons = [getattr(r, "reason", "") for r in caplog.records if r.getMessage().startswith("could not store")]
+    assert reasons and all("scratch" in reason and "Not a directory" in reason for reason in reasons)
+    assert store.calls == []
+    assert quarantine.list_items(tmp_path / "spool") == []
+    # AND once scratch/ can be written again, the object is stored
+    scratch.unlink()
+    scratch.mkdir()
+    assert await app.shutdown(timeout=30)
+    assert len(lake_uids(tmp_path / "lake")) == ROWS
