@@ -83,6 +83,14 @@ ERRORS = [
         id="unnamed-group",
     ),
     pytest.param(
+        GOOD.replace("regex: ['^login (?P<user>[^ ]+) from (?P<ip>[^ ]+)']", "regex: []").replace(
+            "  user.name: $m.user\n  src_endpoint.ip: $m.ip\n", ""
+        ),
+        8,
+        ["parse[0].regex", "must give at least one pattern"],
+        id="no-pattern",
+    ),
+    pytest.param(
         GOOD.replace("  src_endpoint.ip: $m.ip", "  src_endpoint.ip: $m.addr"),
         14,
         ["attributes.src_endpoint.ip", "parse step 'm' has no group 'addr'"],

@@ -289,7 +289,10 @@ class _Parser:
         if "regex" not in node and "kv" not in node:
             return ValueStep(name, source, at)
         if "regex" in node:
-            return RegexStep(name, source, self.strings(node["regex"], (*at, "regex")), at)
+            patterns = self.strings(node["regex"], (*at, "regex"))
+            if not patterns:
+                raise self.fail((*at, "regex"), "must give at least one pattern")
+            return RegexStep(name, source, patterns, at)
         kv = self.mapping(node["kv"], (*at, "kv"), ("keys", "separator", "remove", "pattern"))
         keys = self.strings(kv.get("keys", []), (*at, "kv", "keys"))
         if not keys:
