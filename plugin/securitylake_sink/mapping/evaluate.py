@@ -73,12 +73,40 @@ def _group_names(pattern: str) -> tuple[str, ...]:
     return tuple(field.name for field in pc.extract_regex(pa.array([], pa.string()), pattern).type)
 
 
-def _placed(parts: list[tuple[pa.Array, pa.Array]], n: int) -> pa.Array:
+def _placed(parts: list[tuple[pa.Array, pa.Array]], n: int, kind: pa.DataType) -> pa.Array:
     """An ``n``-row column holding each part's values at its row numbers (disjoint), null
     elsewhere."""
+    if not parts:
+        return pa.nulls(n, kind)
     rows = pa.concat_arrays([r for r, _ in parts]) if len(parts) > 1 else parts[0][0]
     values = pa.concat_arrays([v for _, v in parts]) if len(parts) > 1 else parts[0][1]
     return pc.scatter(values, rows, max_index=n - 1)
+
+
+def _capture_rest(
+    patterns: list[str], rest: pa.Array, at: pa.Array, n: int
+) -> tuple[dict[str, pa.Array], pa.Array]:
+    """The groups of ``patterns`` over the rows ``rest`` (row numbers ``at`` of ``n``), each row
+    taking the first pattern it matches: a cheap DFA match over the rows left, then a capture of
+    the hits only. Each group as an ``n``-row column, and the rows matched."""
+    parts: dict[str, list[tuple[pa.Array, pa.Array]]] = {}
+    taken: list[tuple[pa.Array, pa.Array]] = []
+    for pattern in patterns:
+        names = _group_names(pattern)
+        for name in names:
+            parts.setdefault(name, [])
+        hit = pc.fill_null(pc.match_substring_regex(rest, pattern), False)
+        if hit.true_count == 0:
+            continue
+        found = pc.extract_regex(rest.filter(hit), pattern)
+        rows = at.filter(hit)
+        taken.append((rows, constant(True, pa.bool_(), len(rows))))
+        for index, name in enumerate(names):
+            parts[name].append((rows, pc.struct_field(found, [index])))
+        miss = pc.invert(hit)
+        rest, at = rest.filter(miss), at.filter(miss)
+    columns = {name: _placed(found_parts, n, pa.string()) for name, found_parts in parts.items()}
+    return columns, pc.fill_null(_placed(taken, n, pa.bool_()), False)
 
 
 class Evaluator:
@@ -122,46 +150,23 @@ class Evaluator:
     def _regex(self, step: RegexStep, source: pa.Array) -> None:
         # A row takes the first pattern it matches. Capturing groups costs RE2 several times what
         # matching does, on every row it is tried on, so the first pattern (the common case)
-        # captures over all rows, and each later one captures only from the rows it matches of
-        # those left: a cheap match over the rest first.
+        # captures over all rows, and the others only from the rows it left (_capture_rest).
         frame = self.frame
         first, *others = step.patterns
         found = pc.extract_regex(source, first)
         matched = pc.is_valid(found)
-        groups: dict[str, list[pa.Array]] = {}
-        for index, name in enumerate(_group_names(first)):
-            groups[name] = [pc.struct_field(found, [index])]
-        later: dict[str, list[tuple[pa.Array, pa.Array]]] = {}
-        left = pc.and_not(pc.is_valid(source), matched)
-        rest, at = source.filter(left), pc.cast(pc.indices_nonzero(left), pa.int64())
-        found_at: list[pa.Array] = []
-        for pattern in others:
-            names = _group_names(pattern)
-            for name in names:
-                groups.setdefault(name, [])
-                later.setdefault(name, [])
-            if not len(rest):
-                continue
-            hit = pc.fill_null(pc.match_substring_regex(rest, pattern), False)
-            if hit.true_count == 0:
-                continue
-            found = pc.extract_regex(rest.filter(hit), pattern)
-            rows = at.filter(hit)
-            found_at.append(rows)
-            for index, name in enumerate(names):
-                later[name].append((rows, pc.struct_field(found, [index])))
-            miss = pc.invert(hit)
-            rest, at = rest.filter(miss), at.filter(miss)
+        groups = {name: [pc.struct_field(found, [i])] for i, name in enumerate(_group_names(first))}
+        if others:
+            left = pc.and_not(pc.is_valid(source), matched)
+            at = pc.cast(pc.indices_nonzero(left), pa.int64())
+            columns, also = _capture_rest(others, source.filter(left), at, frame.n)
+            for name, column in columns.items():
+                groups.setdefault(name, []).extend([column] if column.null_count < frame.n else [])
+            matched = pc.or_(matched, also)
         for name, parts in groups.items():
-            if later.get(name):
-                parts.append(_placed(later[name], frame.n))
             value = pa.nulls(frame.n, pa.string()) if not parts else pc.coalesce(*parts) if len(parts) > 1 else parts[0]
             # "" means the group took no part in the row's match.
             frame.captures[f"{step.name}.{name}"] = _blank_to_null(value)
-        if found_at:
-            rows = pa.concat_arrays(found_at)
-            marks = pc.scatter(constant(True, pa.bool_(), len(rows)), rows, max_index=frame.n - 1)
-            matched = pc.or_(matched, pc.fill_null(marks, False))
         frame.matched[step.name] = matched
 
     def _kv(self, step: KvStep, source: pa.Array) -> None:
