@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import base64
 import logging
+import random
+import re
 import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -16,10 +18,13 @@ import pytest
 
 from securitylake_sink.mapcli import event_json
 from securitylake_sink.mapping import route as route_module
-from securitylake_sink.mapping.columns import Frame
+from securitylake_sink.mapping.columns import Frame, UsedFields, pull_frame
+from securitylake_sink.mapping.evaluate import Evaluator
 from securitylake_sink.mapping.functions import register_function
 from securitylake_sink.mapping.mapper import Mapper
+from securitylake_sink.mapping.ops import Faults
 from securitylake_sink.mapping.route import tag_matcher
+from securitylake_sink.mapping.spec import Ref, RegexStep
 from securitylake_sink.mapping.timeparse import parse_times
 from securitylake_sink.model import Chunk, Entry
 from securitylake_sink.ocsf.schema import load_schema
@@ -448,14 +453,6 @@ def test_a_value_that_cannot_be_cast_dead_letters_its_record_only(tmp_path: Path
 def test_a_regex_step_agrees_with_first_match_semantics_row_by_row() -> None:
     """Each row takes the first pattern that matches it; groups of other patterns are null there,
     as is a group that took no part in the match; names of a pattern no row matches still exist."""
-    import random
-    import re
-
-    from securitylake_sink.mapping.columns import UsedFields, pull_frame
-    from securitylake_sink.mapping.evaluate import Evaluator
-    from securitylake_sink.mapping.ops import Faults
-    from securitylake_sink.mapping.spec import Ref, RegexStep
-
     patterns = (
         r"^(?P<verb>GET|PUT) (?P<path>/\S*)(?: (?P<code>\d+))?",
         r"^user (?P<user>\w+) from (?P<ip>[\d.]+)",

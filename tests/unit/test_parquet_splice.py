@@ -199,7 +199,7 @@ def test_an_object_encoded_through_a_scratch_file_is_the_same_and_lets_its_table
     # WHEN it is encoded through a scratch directory
     data, rows = parquet.encode_object(read, tmp_path)
     # THEN the bytes are encode_parquet's, read once, and no scratch file is left
-    assert (rows, reads.__len__()) == (base.num_rows * 500, 1)
+    assert (rows, len(reads)) == (base.num_rows * 500, 1)
     assert data == encode_parquet(read())
     assert list(tmp_path.iterdir()) == []
     # AND the table was let go before its bytes were spliced
