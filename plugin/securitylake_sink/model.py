@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["Chunk", "DeferredEntries", "Entry"]
+__all__ = ["Chunk", "DeferredEntries", "Entry", "built"]
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -67,6 +67,14 @@ class DeferredEntries(Sequence[Entry]):
             self._decode = None  # holds the frame's bytes
         return self._entries
 
+    def build(self) -> Sequence[Entry]:
+        """The entries, built anew and not kept (unless they were already): a reader that goes
+        over them once lets them go when it is done with them."""
+        if self._entries is not None:
+            return self._entries
+        assert self._decode is not None
+        return self._decode()
+
     def __len__(self) -> int:
         return self._count if self._entries is None else len(self._entries)
 
@@ -89,3 +97,8 @@ class DeferredEntries(Sequence[Entry]):
 
     def __getitem__(self, index: int | slice) -> Entry | Sequence[Entry]:
         return self._load()[index]
+
+
+def built(entries: Sequence[Entry]) -> Sequence[Entry]:
+    """``entries`` with their records built, kept only by the caller where they were deferred."""
+    return entries.build() if isinstance(entries, DeferredEntries) else entries

@@ -8,6 +8,7 @@ import logging
 import random
 import re
 import textwrap
+import weakref
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from securitylake_sink.mapping.ops import Faults
 from securitylake_sink.mapping.route import tag_matcher
 from securitylake_sink.mapping.spec import Ref, RegexStep
 from securitylake_sink.mapping.timeparse import parse_times
-from securitylake_sink.model import Chunk, Entry
+from securitylake_sink.model import Chunk, DeferredEntries, Entry
 from securitylake_sink.ocsf.schema import load_schema
 from securitylake_sink.sources.forward_codec import scan_frame
 
@@ -303,6 +304,42 @@ def test_map_chunks_places_classes_at_locations_and_dead_letters_the_unplaced() 
     assert (letter.tag, letter.rule, letter.record) == ("web.a", "nginx_access", {"log": nginx})
     assert "no destination.sources location is configured for class 4002" in letter.reason
     assert (result.records, result.mapped) == (4, 3)
+
+
+class _Record(dict[str, Any]):
+    """A record that can be watched with a weak reference (a plain dict cannot)."""
+
+
+def test_map_chunks_builds_and_lets_go_of_one_routing_keys_records_at_a_time() -> None:
+    # GIVEN deferred chunks of two tags routed to different rules, interleaved; each chunk's
+    # records are watched, and each time a chunk's records are built the records of the other
+    # rule that are still alive are counted
+    mapper = Mapper(load_schema("1.1.0"), [("host.*", "sshd"), ("web.*", "nginx_access")])
+    nginx = '192.0.2.1 - - [05/Feb/2024:13:45:01 +0000] "GET / HTTP/1.1" 200 5 "-" "curl/8"'
+    watched: dict[str, list[weakref.ref[_Record]]] = {"host": [], "web": []}
+    alive_at_build: list[tuple[str, int]] = []
+
+    def deferred(tag: str, line: str, n: int) -> Chunk:
+        kind = tag.partition(".")[0]
+
+        def build() -> list[Entry]:
+            other = "web" if kind == "host" else "host"
+            alive_at_build.append((kind, sum(ref() is not None for ref in watched[other])))
+            records = [_Record(log=line) for _ in range(n)]
+            watched[kind] += [weakref.ref(r) for r in records]
+            return [Entry(T * 1_000_000, r) for r in records]
+
+        return Chunk("forward", tag, DeferredEntries(n, build), b"", received_ns=T * 1_000_000)
+
+    chunks = [deferred("host.a", SSHD_LINE, 50), deferred("web.a", nginx, 40), deferred("host.b", SSHD_LINE, 30)]
+    # WHEN mapped in one call
+    result = mapper.map_chunks(chunks, lambda uid: "ext/x/")
+    # THEN every record is mapped; the second rule's records are built after the first rule's
+    # are all gone, and no chunk keeps its built records
+    assert (result.records, result.mapped, result.dead) == (120, 120, ())
+    assert alive_at_build == [("host", 0), ("host", 0), ("web", 0)]
+    assert not any(ref() for refs in watched.values() for ref in refs)
+    assert not any(chunk.entries.decoded for chunk in chunks if isinstance(chunk.entries, DeferredEntries))
 
 
 def test_a_chunk_whose_records_cannot_be_built_is_one_dead_letter_with_its_bytes() -> None:

@@ -23,7 +23,7 @@ from securitylake_sink.mapping.compiler import CompiledRule
 from securitylake_sink.mapping.engine import ClassRows
 from securitylake_sink.mapping.evaluate import PythonFunction
 from securitylake_sink.mapping.route import FALLBACKS, OCSF, Binding, Routing, TagOutcome, compile_named, route
-from securitylake_sink.model import Chunk
+from securitylake_sink.model import Chunk, built
 from securitylake_sink.ocsf.schema import OcsfSchema
 
 log = logging.getLogger("securitylake_sink.mapping")
@@ -136,47 +136,16 @@ class Mapper:
         """Map every entry; ``locate`` gives a class's source location (None: not configured).
         The records of all tags routed alike are mapped together: each call costs the same
         whatever its size, and tags are often many (one per file or pod)."""
-        groups: dict[tuple[object, ...], _Group] = {}
-        count = 0
-        dead: list[DeadLetter] = []
+        # Chunks are grouped before their records are built, and a group's records are built,
+        # mapped and let go before the next group's: a step's records, as Python objects, are
+        # the bulk of its memory, and the largest group is often a fraction of them.
+        groups: dict[tuple[object, ...], list[Chunk]] = {}
         for chunk in chunks:
-            key = self._key(chunk.tag)
-            group = groups.get(key)
-            if group is None:
-                group = groups[key] = _Group()
-            try:
-                entries = iter(chunk.entries)  # deferred entries are decoded here, whole or not at all
-            except ProtocolError as exc:
-                dead.append(_undecodable(chunk, exc))
-                count += 1
-                continue
-            before = len(group.records)
-            for entry in entries:
-                group.records.append(entry.record)
-                group.times.append(_ref_ms(entry.time_ns, chunk.received_ns))
-                group.stamps.append(entry.time_ns)
-            added = len(group.records) - before
-            group.tags.extend(itertools.repeat(chunk.tag, added))
-            group.distinct.setdefault(chunk.tag)
-            count += added
+            groups.setdefault(self._key(chunk.tag), []).append(chunk)
+        dead: list[DeadLetter] = []
         parts: dict[tuple[str, int], list[pa.RecordBatch]] = defaultdict(list)
         dropped: dict[str, int] = {}
-        for group in groups.values():
-            records, stamps, tags = group.records, group.stamps, group.tags
-            if not records:
-                continue
-            outcome = self.map_records(tags[0] if len(group.distinct) == 1 else tags, records, group.times)
-            for rule, rows in outcome.mapped:
-                location = locate(rows.class_uid)
-                if location is None:
-                    reason = f"class_uid: no destination.sources location is configured for class {rows.class_uid}"
-                    dead.extend(DeadLetter(tags[i], rule, reason, records[i], stamps[i]) for i in rows.rows.to_pylist())
-                    continue
-                parts[(location, rows.class_uid)].append(rows.batch)
-            for row, (rule, reason) in sorted(outcome.failed.items()):
-                dead.append(DeadLetter(tags[row], rule, reason, records[row], stamps[row]))
-            for row in outcome.dropped:
-                dropped[tags[row]] = dropped.get(tags[row], 0) + 1
+        count = sum(self._map_group(members, locate, dead, parts, dropped) for members in groups.values())
         for tag in dropped:
             self._log_drop(tag)
         # Pieces stay apart: concatenating them would copy them (objects are sorted when written).
@@ -186,6 +155,35 @@ class Mapper:
             for piece in pieces
         )
         return MapResult(batches, tuple(dead), dropped, count)
+
+    def _map_group(
+        self,
+        chunks: Sequence[Chunk],
+        locate: Callable[[int], str | None],
+        dead: list[DeadLetter],
+        parts: dict[tuple[str, int], list[pa.RecordBatch]],
+        dropped: dict[str, int],
+    ) -> int:
+        """Map the chunks of one routing key, adding to ``dead``, ``parts`` and ``dropped``; the
+        number of records they held. Their records live only as long as this call."""
+        group, undecodable = _gather(chunks)
+        dead.extend(undecodable)
+        records, stamps, tags = group.records, group.stamps, group.tags
+        if not records:
+            return len(undecodable)
+        outcome = self.map_records(tags[0] if len(group.distinct) == 1 else tags, records, group.times)
+        for rule, rows in outcome.mapped:
+            location = locate(rows.class_uid)
+            if location is None:
+                reason = f"class_uid: no destination.sources location is configured for class {rows.class_uid}"
+                dead.extend(DeadLetter(tags[i], rule, reason, records[i], stamps[i]) for i in rows.rows.to_pylist())
+                continue
+            parts[(location, rows.class_uid)].append(rows.batch)
+        for row, (rule, reason) in sorted(outcome.failed.items()):
+            dead.append(DeadLetter(tags[row], rule, reason, records[row], stamps[row]))
+        for row in outcome.dropped:
+            dropped[tags[row]] = dropped.get(tags[row], 0) + 1
+        return len(records) + len(undecodable)
 
     def _log_drop(self, tag: str) -> None:
         if tag not in self._drop_logged:
@@ -205,6 +203,27 @@ class _Group:
     stamps: list[int | None] = field(default_factory=list)  # event time, ns
     tags: list[str] = field(default_factory=list)
     distinct: dict[str, None] = field(default_factory=dict)
+
+
+def _gather(chunks: Iterable[Chunk]) -> tuple[_Group, list[DeadLetter]]:
+    """The records of ``chunks`` as one group, built now and kept by the group only; a chunk
+    whose records cannot be built is a dead letter instead."""
+    group = _Group()
+    undecodable = []
+    for chunk in chunks:
+        try:
+            entries = built(chunk.entries)  # deferred entries are built here, whole or not at all
+        except ProtocolError as exc:
+            undecodable.append(_undecodable(chunk, exc))
+            continue
+        before = len(group.records)
+        for entry in entries:
+            group.records.append(entry.record)
+            group.times.append(_ref_ms(entry.time_ns, chunk.received_ns))
+            group.stamps.append(entry.time_ns)
+        group.tags.extend(itertools.repeat(chunk.tag, len(group.records) - before))
+        group.distinct.setdefault(chunk.tag)
+    return group, undecodable
 
 
 def _undecodable(chunk: Chunk, exc: ProtocolError) -> DeadLetter:
