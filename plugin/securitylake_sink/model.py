@@ -43,7 +43,8 @@ class Chunk:
 
 class DeferredEntries(Sequence[Entry]):
     """A chunk's entries, decoded when first read: the count is known (the frame was checked),
-    the records are built later by ``decode``, on whichever thread reads them first.
+    the records are built later by ``decode``, on whichever thread reads them first, and kept;
+    ``build`` builds them without keeping them (the pipeline reads each chunk once).
 
     ``decode`` may raise (input a structural check cannot see, such as a map key that is an
     array); the reader gets the exception, not a partial list.
