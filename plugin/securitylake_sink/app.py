@@ -306,7 +306,8 @@ class App:
                 self._cursor = max(self._cursor, end)
         if items:
             chunks = [chunk for _, chunk in items]
-            result = self.mapper.map_chunks(chunks, self.config.destination.location_for)
+            with self.delivery.turns:  # not while delivery reads a batch (see Delivery.turns)
+                result = self.mapper.map_chunks(chunks, self.config.destination.location_for)
             self.batcher.add(result.batches, items[-1][0])
             self.dead_letters.write(result.dead, items[-1][0])
             self.batcher.sync()

@@ -9,18 +9,21 @@ import time
 import weakref
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import msgpack
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from securitylake_sink import app as app_module
 from securitylake_sink import delivery as delivery_module
 from securitylake_sink.app import App
 from securitylake_sink.config import Config, parse_config
 from securitylake_sink.errors import PermanentDelivery, RetriableDelivery
 from securitylake_sink.forward_client import pack_entries
 from securitylake_sink.lake.store import LocalStore
+from securitylake_sink.mapping.mapper import Mapper
 from securitylake_sink.metrics_server import app_readiness, app_snapshot
 from securitylake_sink.model import Chunk
 from securitylake_sink.sources.forward_codec import decode_spooled
@@ -472,3 +475,43 @@ async def test_a_spool_scratch_that_cannot_be_written_is_retried_not_quarantined
     scratch.mkdir()
     assert await app.shutdown(timeout=30)
     assert len(lake_uids(tmp_path / "lake")) == ROWS
+
+
+async def test_a_batch_is_read_for_delivery_only_while_no_step_is_mapping(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a sink whose mapping and batch reading each take a while and note any overlap with
+    # the other, and batches that are sealed as soon as they are written
+    monkeypatch.setattr(app_module, "MIN_STEP_SECS", 0.0)
+    active: list[str] = []
+    overlaps: list[tuple[str, tuple[str, ...]]] = []
+    calls: list[str] = []
+
+    def slow(name: str, call: Callable[..., Any]) -> Callable[..., Any]:
+        def run(*args: Any, **kwargs: Any) -> Any:
+            if active:
+                overlaps.append((name, tuple(active)))
+            active.append(name)
+            calls.append(name)
+            try:
+                time.sleep(0.03)
+                return call(*args, **kwargs)
+            finally:
+                active.remove(name)
+
+        return run
+
+    monkeypatch.setattr(BatchFile, "read_table", slow("read", BatchFile.read_table))
+    monkeypatch.setattr(Mapper, "map_chunks", slow("map", Mapper.map_chunks))
+    app = App(config_for(tmp_path, "{max_attempts: 3}", batch_age_secs=0.01), store=LocalStore(tmp_path / "lake"),
+              listen=False)  # fmt: skip
+    await app.start()
+    # WHEN chunks of new event hours keep coming while earlier hours are delivered
+    for hour in range(30):
+        await app.spool.submit(hour_chunk(hour))
+        await asyncio.sleep(0.02)
+    assert await app.shutdown(timeout=30)
+    # THEN every hour is an object, and no batch was read while a step was mapping (nor the reverse)
+    assert app.counters.objects == 30 and len(lake_uids(tmp_path / "lake")) == 30 * ROWS
+    assert calls.count("read") == 30 and calls.count("map") > 1
+    assert overlaps == []
