@@ -6,7 +6,6 @@ from __future__ import annotations
 __all__ = ["Evaluator", "PythonFunction"]
 
 import contextlib
-import functools
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -14,6 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from securitylake_sink.mapping.assemble import AttrPath, constant, struct_of, type_at
+from securitylake_sink.mapping.capture import extract, group_names
 from securitylake_sink.mapping.columns import Frame
 from securitylake_sink.mapping.ops import Faults, apply_ops, as_text, cast_column, test, to_array
 from securitylake_sink.mapping.spec import (
@@ -67,12 +67,6 @@ def _rows_key(rows: pa.Array) -> tuple[object, ...]:
     return (rows.offset, len(rows), *(b.to_pybytes() if b is not None else None for b in rows.buffers()))
 
 
-@functools.lru_cache(maxsize=1024)
-def _group_names(pattern: str) -> tuple[str, ...]:
-    """The names of a regex's capture groups, in the order extract_regex gives them."""
-    return tuple(field.name for field in pc.extract_regex(pa.array([], pa.string()), pattern).type)
-
-
 def _placed(parts: list[tuple[pa.Array, pa.Array]], n: int, kind: pa.DataType) -> pa.Array:
     """An ``n``-row column holding each part's values at its row numbers (disjoint), null
     elsewhere."""
@@ -92,17 +86,17 @@ def _capture_rest(
     parts: dict[str, list[tuple[pa.Array, pa.Array]]] = {}
     taken: list[tuple[pa.Array, pa.Array]] = []
     for pattern in patterns:
-        names = _group_names(pattern)
+        names = group_names(pattern)
         for name in names:
             parts.setdefault(name, [])
         hit = pc.fill_null(pc.match_substring_regex(rest, pattern), False)
         if hit.true_count == 0:
             continue
-        found = pc.extract_regex(rest.filter(hit), pattern)
+        found = extract(rest.filter(hit), pattern)
         rows = at.filter(hit)
         taken.append((rows, constant(True, pa.bool_(), len(rows))))
-        for index, name in enumerate(names):
-            parts[name].append((rows, pc.struct_field(found, [index])))
+        for name, column in zip(names, found, strict=True):
+            parts[name].append((rows, column))
         miss = pc.invert(hit)
         rest, at = rest.filter(miss), at.filter(miss)
     columns = {name: _placed(found_parts, n, pa.string()) for name, found_parts in parts.items()}
@@ -153,9 +147,9 @@ class Evaluator:
         # captures over all rows, and the others only from the rows it left (_capture_rest).
         frame = self.frame
         first, *others = step.patterns
-        found = pc.extract_regex(source, first)
-        matched = pc.is_valid(found)
-        groups = {name: [pc.struct_field(found, [i])] for i, name in enumerate(_group_names(first))}
+        found = extract(source, first)
+        matched = pc.is_valid(found[0])
+        groups = {name: [column] for name, column in zip(group_names(first), found, strict=True)}
         if others:
             left = pc.and_not(pc.is_valid(source), matched)
             at = pc.cast(pc.indices_nonzero(left), pa.int64())
