@@ -69,14 +69,30 @@ def to_array(values: Sequence[Any]) -> pa.Array:
             arr.validate(full=True)  # bytes inside a list can slip into a string child unchecked
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OverflowError, ValueError, UnicodeError):
         if all(v is None or isinstance(v, list | tuple) for v in values):  # mixed items: a list of texts
-            items = [None if v is None else [None if x is None else text_of(x) for x in v] for v in values]
-            return pa.array(items, pa.list_(pa.string()))
-        return pa.array([None if v is None else text_of(v) for v in values], pa.string())
+            return _text_lists(values)
+        return _texts_of(values)
     if pa.types.is_binary(arr.type) or pa.types.is_large_binary(arr.type):
         return pa.array([None if v is None else text_of(v) for v in values], pa.string())
     if pa.types.is_large_string(arr.type):
         return pc.cast(arr, pa.string())
     return arr
+
+
+def _texts_of(values: Sequence[Any]) -> pa.Array:
+    """``text_of`` of each value (None kept) as a string array; strings go to Arrow as they are."""
+    return texts([v if v is None or v.__class__ is str else text_of(v) for v in values])
+
+
+def _text_lists(values: Sequence[Sequence[Any] | None]) -> pa.Array:
+    """Lists (or None) of any items as list<string>, each item as ``text_of`` gives it."""
+    offsets: list[int] = [0]
+    flat: list[Any] = []
+    for v in values:
+        if v is not None:
+            flat.extend(v)
+        offsets.append(len(flat))
+    mask = pa.array([v is None for v in values]) if None in values else None
+    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), _texts_of(flat), mask=mask)
 
 
 def _nested(t: pa.DataType) -> bool:
