@@ -25,7 +25,7 @@ from securitylake_sink.mapping.functions import register_function
 from securitylake_sink.mapping.mapper import Mapper
 from securitylake_sink.mapping.ops import Faults
 from securitylake_sink.mapping.route import tag_matcher
-from securitylake_sink.mapping.spec import Ref, RegexStep
+from securitylake_sink.mapping.spec import KvStep, Ref, RegexStep
 from securitylake_sink.mapping.timeparse import parse_times
 from securitylake_sink.model import Chunk, DeferredEntries, Entry
 from securitylake_sink.ocsf.schema import load_schema
@@ -515,3 +515,25 @@ def test_a_regex_step_agrees_with_first_match_semantics_row_by_row() -> None:
         for name in names:
             want = (hit.groupdict().get(name) or None) if hit else None
             assert frame.captures[f"r.{name}"][row].as_py() == want, (row, line, name)
+
+
+def test_a_kv_step_agrees_with_a_token_by_token_reading_row_by_row() -> None:
+    """A key's value is what follows "<key>=" in the first token that starts so; a key that only
+    begins another (``a`` in ``ab=1``), a token without "=", or "=" inside a value change nothing;
+    an empty value is absent, though the record counts as matched."""
+    keys = ("a", "ab", "uid", "msg", "none")
+    tokens = ["a=1", "ab=2", "a=", "uid=0", "uid=1", "msg=x=y", "=z", "bare", "ab", "other=3", "a==", "uid=ä"]
+    rng = random.Random(11)
+    records: list[dict[str, Any]] = [
+        {"log": " ".join(rng.choice(tokens) for _ in range(rng.randint(0, 6)))} if rng.random() > 0.1 else {}
+        for _ in range(3_000)
+    ]
+    frame = pull_frame(records, "t", pa.array([T] * len(records), pa.int64()), UsedFields(("log",), ("log",)))
+    Evaluator(frame, {}, Faults()).run_step(KvStep("kv", Ref("log", ()), keys, " ", (), None, ()))
+
+    for row, record in enumerate(records):
+        pairs = [t.split("=", 1) for t in (record["log"].split(" ") if "log" in record else []) if "=" in t]
+        found = {k: next((v for key, v in pairs if key == k), None) for k in keys}
+        for key in keys:
+            assert frame.captures[f"kv.{key}"][row].as_py() == (found[key] or None), (row, record, key)
+        assert frame.matched["kv"][row].as_py() is any(found[k] is not None for k in keys), (row, record)
