@@ -123,6 +123,24 @@ def test_too_few_values_to_time_are_captured_in_one_pass_and_decide_nothing(
     assert fresh_choices == {}
 
 
+def test_a_column_too_small_to_gain_takes_one_pass_whatever_was_chosen(
+    fresh_choices: dict[str, tuple[str, ...]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN the split chosen for a pattern on a large column
+    extract(pa.array(LINES * capture.SAMPLE_ROWS, pa.string()), ACCESS, clock=clock_of(single=10.0, split=1.0))
+    assert fresh_choices == {ACCESS: passes(ACCESS)}
+    ways: list[tuple[str, ...]] = []
+    captured = capture._captured
+    monkeypatch.setattr(capture, "_captured", lambda source, way: ways.append(way) or captured(source, way))
+    # WHEN a column of fewer values than a sample comes; THEN it is captured in one pass
+    small = pa.array(LINES * 10, pa.string())
+    assert [c.to_pylist() for c in extract(small, ACCESS)] == [c.to_pylist() for c in one_pass(small, ACCESS)]
+    assert ways == [(ACCESS,)]
+    # AND a large one in the passes chosen
+    extract(pa.array(LINES * capture.SAMPLE_ROWS, pa.string()), ACCESS)
+    assert ways[-1] == passes(ACCESS)
+
+
 def split_patterns(rule: str) -> set[str]:
     """The patterns of the rule's parse steps that have more than ONE_PASS_GROUPS groups."""
     spec = yaml.safe_load((RULES / f"{rule}.yaml").read_text(encoding="utf-8"))

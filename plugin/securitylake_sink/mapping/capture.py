@@ -7,7 +7,9 @@ several times slower. So a one-pass pattern with more groups is faster captured 
 few groups each, the others made non-capturing, which changes neither what matches nor what a
 group holds. Whether a pattern is one-pass is RE2's secret; the first column of at least
 ``SAMPLE_ROWS`` values it meets times both ways on a sample and the faster is kept for the
-process. Either way the columns are the same."""
+process. Each pass compiles its pattern again (Arrow compiles per call), a fixed cost that
+outweighs the gain on small columns: those always take one pass. Either way the columns are the
+same."""
 
 from __future__ import annotations
 
@@ -24,7 +26,8 @@ import pyarrow.compute as pc
 # RE2's Prog::kMaxOnePassCapture is 5 submatches, the whole match being one of them.
 ONE_PASS_GROUPS = 4
 # Rows a pattern's two ways are timed on (each ~5 ms at the backtracker's 2-3 µs a row), and
-# the rounds of it, the fastest counting: a one-pass split wins by 1.5x or more.
+# the rounds of it, the fastest counting; also the fewest values a column is captured in passes
+# for (on 512 the compiles made passes slower for every built-in pattern).
 SAMPLE_ROWS = 2048
 _ROUNDS = 3
 
@@ -88,12 +91,10 @@ def extract(source: pa.Array, pattern: str, clock: Callable[[], float] = time.pe
     """The groups of ``pattern`` over ``source`` (a string array), one column per group in
     ``group_names`` order: extract_regex's values, null where the row does not match."""
     split = passes(pattern)
-    if len(split) == 1:
-        return _captured(source, split)
+    if len(split) == 1 or len(source) - source.null_count < SAMPLE_ROWS:
+        return _captured(source, (pattern,))  # (too few values to tell, or to gain from passes)
     chosen = _chosen.get(pattern)
     if chosen is None:
         sample = (pc.drop_null(source) if source.null_count else source).slice(0, SAMPLE_ROWS)
-        if len(sample) < SAMPLE_ROWS:
-            return _captured(source, (pattern,))  # too few rows to tell: one pass, decided later
         chosen = _chosen[pattern] = _fastest(sample, [(pattern,), split], clock)
     return _captured(source, chosen)
