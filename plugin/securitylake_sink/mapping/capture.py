@@ -6,10 +6,10 @@ the next step) and a match asks for at most ``ONE_PASS_GROUPS`` groups; otherwis
 several times slower. So a one-pass pattern with more groups is faster captured in passes of a
 few groups each, the others made non-capturing, which changes neither what matches nor what a
 group holds. Whether a pattern is one-pass is RE2's secret; the first column of at least
-``SAMPLE_ROWS`` values it meets times both ways on a sample and the faster is kept for the
-process. Each pass compiles its pattern again (Arrow compiles per call), a fixed cost that
-outweighs the gain on small columns: those always take one pass. Either way the columns are the
-same."""
+``SAMPLE_ROWS`` values it meets times both ways on a sample (in its thread's CPU time, which
+the sink's other threads do not skew) and the faster is kept for the process. Each pass compiles
+its pattern again (Arrow compiles per call), a fixed cost that outweighs the gain on small
+columns: those always take one pass. Either way the columns are the same."""
 
 from __future__ import annotations
 
@@ -87,7 +87,7 @@ def _fastest(sample: pa.Array, ways: list[tuple[str, ...]], clock: Callable[[], 
     return min(ways, key=lambda way: best[way])
 
 
-def extract(source: pa.Array, pattern: str, clock: Callable[[], float] = time.perf_counter) -> list[pa.Array]:
+def extract(source: pa.Array, pattern: str, clock: Callable[[], float] = time.thread_time) -> list[pa.Array]:
     """The groups of ``pattern`` over ``source`` (a string array), one column per group in
     ``group_names`` order: extract_regex's values, null where the row does not match."""
     split = passes(pattern)
