@@ -72,7 +72,7 @@ def to_array(values: Sequence[Any]) -> pa.Array:
             return _text_lists(values)
         return _texts_of(values)
     if pa.types.is_binary(arr.type) or pa.types.is_large_binary(arr.type):
-        return pa.array([None if v is None else text_of(v) for v in values], pa.string())
+        return _texts_of(values)
     if pa.types.is_large_string(arr.type):
         return pc.cast(arr, pa.string())
     return arr
