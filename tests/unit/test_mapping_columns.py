@@ -68,3 +68,11 @@ def test_scalars_of_mixed_types_become_their_texts(values: list[Any]) -> None:
     column = to_array(mixed)
     assert column.type == pa.string()
     assert column.to_pylist() == [None if v is None else text_of(v) for v in mixed]
+
+
+@settings(max_examples=100, deadline=None)
+@given(values=st.lists(st.none() | st.binary(max_size=4), min_size=1, max_size=8))
+def test_bytes_become_their_texts(values: list[bytes | None]) -> None:
+    column = to_array([*values, b"\xff"])
+    assert column.type == pa.string()
+    assert column.to_pylist() == [None if v is None else text_of(v) for v in [*values, b"\xff"]]
