@@ -107,11 +107,11 @@ def as_text(values: pa.Array) -> pa.Array:
     if pa.types.is_null(t):
         return pa.nulls(len(values), pa.string())
     if _nested(t):
-        return pa.array([None if v is None else text_of(v) for v in values.to_pylist()], pa.string())
+        return _texts_of(values.to_pylist())
     try:
         return pc.cast(values, pa.string())
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        return pa.array([None if v is None else text_of(v) for v in values.to_pylist()], pa.string())
+        return _texts_of(values.to_pylist())
 
 
 class Faults:
