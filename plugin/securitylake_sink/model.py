@@ -63,8 +63,7 @@ class DeferredEntries(Sequence[Entry]):
 
     def _load(self) -> Sequence[Entry]:
         if self._entries is None:
-            assert self._decode is not None
-            self._entries = self._decode()
+            self._entries = self.build()
             self._decode = None  # holds the frame's bytes
         return self._entries
 
