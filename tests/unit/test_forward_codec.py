@@ -17,6 +17,7 @@ from securitylake_sink.model import Chunk, DeferredEntries, Entry
 from securitylake_sink.sources.forward_codec import (
     FrameReader,
     _fast_unpack,
+    _usual,
     decode_frame,
     decode_spooled,
     scan_frame,
@@ -511,8 +512,23 @@ def _pack(obj: object) -> bytes:
     return packed
 
 
+def _pack_wide(obj: object) -> bytes:
+    """msgpack as Fluent Bit writes it: every map with a map32 header (the length is filled in
+    after the pairs are written), even an entry's empty metadata (``df 00000000``)."""
+    if isinstance(obj, dict):
+        pairs = b"".join(_pack_wide(k) + _pack_wide(v) for k, v in obj.items())
+        return b"\xdf" + struct.pack(">I", len(obj)) + pairs
+    if isinstance(obj, list):
+        head = bytes([0x90 | len(obj)]) if len(obj) < 16 else b"\xdc" + struct.pack(">H", len(obj))
+        return head + b"".join(map(_pack_wide, obj))
+    return _pack(obj)
+
+
 def _pack_frame(mode: str, tag: str, entries: list[tuple[object, dict[str, Any]]]) -> bytes:
     packed = b"".join(_pack([when, record]) for when, record in entries)
+    if mode == "fluent-bit":  # Forward mode, each map a map32, and the options Fluent Bit sends
+        head = b"\x93" + _pack(tag) + b"\xdd" + struct.pack(">I", len(entries))
+        return head + b"".join(_pack_wide([when, record]) for when, record in entries) + _pack({"size": len(entries)})
     if mode == "forward":
         return _pack([tag, [[when, record] for when, record in entries]])
     if mode == "packed-bin":
@@ -527,7 +543,7 @@ def _pack_frame(mode: str, tag: str, entries: list[tuple[object, dict[str, Any]]
 
 @settings(max_examples=150, deadline=None)
 @given(
-    mode=st.sampled_from(["message", "forward", "packed-bin", "packed-str32", "gzip", "zstd"]),
+    mode=st.sampled_from(["message", "forward", "fluent-bit", "packed-bin", "packed-str32", "gzip", "zstd"]),
     tag=st.text(min_size=1, max_size=20),
     entries=st.lists(st.tuples(_times(), _records), min_size=1, max_size=5),
 )
@@ -572,7 +588,7 @@ def _eager(raw: bytes) -> Chunk | None:
 
 @settings(max_examples=300, deadline=None)
 @given(
-    mode=st.sampled_from(["message", "forward", "packed-bin", "packed-str32", "gzip", "zstd"]),
+    mode=st.sampled_from(["message", "forward", "fluent-bit", "packed-bin", "packed-str32", "gzip", "zstd"]),
     tag=st.text(min_size=1, max_size=8),
     entries=st.lists(st.tuples(_times(), _records), min_size=1, max_size=4),
     marker=st.booleans(),
@@ -624,6 +640,32 @@ def test_scan_agrees_with_decoding(  # noqa: PLR0917 (hypothesis draws each argu
     assert isinstance(chunk, Chunk) and isinstance(chunk.entries, DeferredEntries)
     with pytest.raises(ProtocolError):
         list(chunk.entries)
+
+
+@pytest.mark.parametrize(
+    ("metadata_hex", "usual"),
+    [
+        ("80", True),  # {} as msgpack writes it
+        ("de 0000", True),  # {} as map16
+        ("df 00000000", True),  # {} as map32: Fluent Bit's
+        ("df 00000001 a1 6b a1 76", False),  # {"k": "v"}: metadata to keep, the long way
+        ("de 0001 a1 6b a1 76", False),
+        ("c0", False),  # nil is not metadata: refused the long way
+    ],
+)
+def test_the_scan_reads_an_entry_with_empty_metadata_in_place(metadata_hex: str, usual: bool) -> None:
+    """[[EventTime, {}], {record}] is checked from its bytes and its record skipped unbuilt,
+    whichever map header the empty metadata has; anything else is unpacked and checked."""
+    entry = frame(f"92 92 d7 00 6553f100 00000000 {metadata_hex} df 00000001 a3 6d7367 a2 6869")
+    assert _usual(entry, 0, len(entry)) is usual
+    assert _usual(entry[:12], 0, 12) is False  # cut short: never read past the end
+    raw = frame("93 a1 74 91") + entry + _pack({"size": 1})
+    outcome = _outcome(lambda: scan_frame(raw, 7))
+    assert _comparable(outcome) == _comparable(_outcome(lambda: _eager(raw)))
+    if usual:
+        chunk = outcome[1]
+        assert isinstance(chunk, Chunk) and isinstance(chunk.entries, DeferredEntries)
+        assert chunk.entries == (Entry(T0_NS, RECORD_HI),)
 
 
 def test_scan_defers_the_records_and_counts_without_markers() -> None:

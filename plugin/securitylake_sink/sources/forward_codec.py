@@ -90,7 +90,11 @@ _ARRAY32 = struct.Struct(">BI")  # an array32 header: 0xDD, then the count
 _EVENT_TIME_PARTS = struct.Struct(">II")  # uint32 seconds, uint32 nanoseconds
 _FIXEXT8: Final = 0xD7
 _EVENT_TIME_BYTES: Final = 2 + _EVENT_TIME_LEN  # 0xD7 0x00, then the 8 bytes
+# An entry's empty metadata: a fixmap as msgpack writes it, or map16/map32 with a length of 0
+# (Fluent Bit writes a map32): how many bytes it takes, by its first byte.
 _EMPTY_MAP: Final = 0x80
+_MAP16, _MAP32 = 0xDE, 0xDF
+_UINT16, _UINT32 = struct.Struct(">H"), struct.Struct(">I")
 _LOW32: Final = 0xFFFFFFFF
 
 
@@ -343,16 +347,25 @@ def _decode_entries(raw: bytes, received_ns: int, max_decompressed: int, objects
 
 def _usual(buffer: bytes | memoryview, at: int, end: int) -> bool:
     """Whether the entry at ``at`` is ``[EventTime, map]`` or Fluent Bit's ``[[EventTime, {}],
-    map]`` (a fixext8 time), its time a real one (not a group marker), read from the bytes."""
+    map]`` (a fixext8 time; the empty map in any of msgpack's three map encodings), its time a
+    real one (not a group marker), read from the bytes."""
     if at + 1 >= end:
         return False
-    nested = 1 if buffer[at + 1] == _PAIR else 0
+    nested = buffer[at + 1] == _PAIR
     time_at = at + 1 + nested
-    record_at = time_at + _EVENT_TIME_BYTES + nested  # past the {} that follows a nested time
-    if record_at >= end or buffer[time_at] != _FIXEXT8 or buffer[time_at + 1] != _EVENT_TIME_EXT:
+    record_at = time_at + _EVENT_TIME_BYTES
+    if record_at + nested >= end or buffer[time_at] != _FIXEXT8 or buffer[time_at + 1] != _EVENT_TIME_EXT:
         return False
-    if nested and buffer[record_at - 1] != _EMPTY_MAP:
-        return False
+    if nested:  # past the {} that follows a nested time
+        first = buffer[record_at]
+        if first == _EMPTY_MAP:
+            record_at += 1
+        elif first == _MAP32 and record_at + 5 < end and not _UINT32.unpack_from(buffer, record_at + 1)[0]:
+            record_at += 5
+        elif first == _MAP16 and record_at + 3 < end and not _UINT16.unpack_from(buffer, record_at + 1)[0]:
+            record_at += 3
+        else:
+            return False
     seconds, nanos = _EVENT_TIME_PARTS.unpack_from(buffer, time_at + 2)
     real = nanos < _NS_PER_SEC and seconds > 0 and seconds not in _GROUP_MARKER_SECONDS
     return real and buffer[record_at] in _MAP_FIRST
