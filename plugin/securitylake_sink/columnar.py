@@ -10,13 +10,16 @@ cached array each, which share their buffers.
 from __future__ import annotations
 
 __all__ = [
+    "FALSE",
     "is_ascending",
     "is_pruning",
+    "null_of",
     "nulls",
     "prune",
     "prune_batch",
     "pruned_type",
     "row_numbers",
+    "scalar_of",
     "union_type",
     "widen",
     "widen_batch",
@@ -94,6 +97,28 @@ def nulls(t: pa.DataType, n: int) -> pa.Array:
     array = _null_array(t, rows, zeros)
     _NULLS[key] = [(known, a) for known, a in _NULLS.get(key, ()) if known != t] + [(t, array)]
     return array.slice(0, n)
+
+
+# Kernels convert a bare Python value (None, False, 0) on every call, 3-15 µs each (more than the
+# kernel itself on a small batch); a typed scalar made once costs nothing more.
+FALSE = pa.scalar(False)
+_SCALARS: dict[tuple[object, pa.DataType], pa.Scalar] = {}
+
+
+def scalar_of(value: bool | int | float | str | None, t: pa.DataType) -> pa.Scalar:
+    """``value`` as a scalar of type ``t``, made once per (value, primitive type)."""
+    if pa.types.is_nested(t):  # hashing a nested type walks all of it
+        return pa.scalar(value, t)
+    key = (value, t)
+    found = _SCALARS.get(key)
+    if found is None:
+        found = _SCALARS[key] = pa.scalar(value, t)
+    return found
+
+
+def null_of(values: pa.Array | pa.ChunkedArray) -> pa.Scalar:
+    """A null of ``values``' type: what ``if_else`` puts where a row is dropped."""
+    return scalar_of(None, values.type)
 
 
 _ROWS: list[pa.Array] = [pa.array([], pa.int64())]

@@ -5,9 +5,20 @@ from __future__ import annotations
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
-from securitylake_sink.columnar import is_pruning, nulls, prune_batch, pruned_type, row_numbers, union_type, widen_batch
+from securitylake_sink.columnar import (
+    is_pruning,
+    null_of,
+    nulls,
+    prune_batch,
+    pruned_type,
+    row_numbers,
+    scalar_of,
+    union_type,
+    widen_batch,
+)
 from securitylake_sink.ocsf.conform import conform_event
 from securitylake_sink.ocsf.schema import load_schema
 from securitylake_sink.spool.batchfile import FRAME_POS, ROWS, BatchFile, BatchHeader
@@ -205,3 +216,26 @@ def test_an_all_null_but_time_batch_round_trips(class_uid: int) -> None:
     pruned = prune_batch(batch)
     assert pruned.schema.names == ["time"]
     assert widen_batch(pruned, schema).to_pylist() == batch.to_pylist()
+
+
+@pytest.mark.parametrize(
+    ("value", "t"),
+    [(0, pa.int32()), (0, pa.int64()), (1e11, pa.float64()), (None, pa.string()), (False, pa.bool_())],
+)
+def test_a_typed_scalar_is_made_once_per_value_and_type(value: object, t: pa.DataType) -> None:
+    made = scalar_of(value, t)  # type: ignore[arg-type]
+    assert made.type == t
+    assert made.as_py() == value
+    assert scalar_of(value, t) is made  # type: ignore[arg-type]
+
+
+def test_a_nested_type_s_scalar_is_made_each_time_but_right() -> None:
+    t = pa.list_(pa.string())
+    assert scalar_of(None, t).type == t
+    assert not scalar_of(None, t).is_valid
+
+
+def test_null_of_fills_dropped_rows_as_a_bare_none_would() -> None:
+    for values in (pa.array(["a", None, "c"]), pa.array([1, 2, None], pa.int32()), pa.array([[1], None, [2, 3]])):
+        keep = pa.array([True, False, None])
+        assert pc.if_else(keep, values, null_of(values)).equals(pc.if_else(keep, values, None))

@@ -71,8 +71,8 @@ def passes(pattern: str) -> tuple[str, ...]:
 def _captured(source: pa.Array, parts: tuple[str, ...]) -> list[pa.Array]:
     columns: list[pa.Array] = []
     for part in parts:
-        found = pc.extract_regex(source, part)
-        columns.extend(pc.struct_field(found, [i]) for i in range(found.type.num_fields))
+        # flatten: each group with the struct's nulls (rows not matched), as struct_field gives it
+        columns.extend(pc.extract_regex(source, part).flatten())
     return columns
 
 

@@ -12,6 +12,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from securitylake_sink.columnar import FALSE, null_of, scalar_of
 from securitylake_sink.mapping.assemble import AttrPath, constant, struct_of, type_at
 from securitylake_sink.mapping.capture import extract, group_names
 from securitylake_sink.mapping.columns import Frame
@@ -44,9 +45,10 @@ PythonFunction = Callable[[Frame], Any]
 def _blank_to_null(values: pa.Array) -> pa.Array:
     """extract_regex gives "" for a group that took no part in the match: treat it as absent.
     For a plain string array only the validity bitmap is replaced; the text is not copied."""
-    keep = pc.fill_null(pc.greater(pc.binary_length(values), 0), False)
+    lengths = pc.binary_length(values)
+    keep = pc.fill_null(pc.greater(lengths, scalar_of(0, lengths.type)), FALSE)
     if not pa.types.is_string(values.type) or values.offset or keep.offset:
-        return pc.if_else(keep, values, None)
+        return pc.if_else(keep, values, null_of(values))
     _, offsets, data = values.buffers()
     return pa.Array.from_buffers(pa.string(), len(values), [keep.buffers()[1], offsets, data])
 
@@ -89,7 +91,7 @@ def _capture_rest(
         names = group_names(pattern)
         for name in names:
             parts.setdefault(name, [])
-        hit = pc.fill_null(pc.match_substring_regex(rest, pattern), False)
+        hit = pc.fill_null(pc.match_substring_regex(rest, pattern), FALSE)
         if hit.true_count == 0:
             continue
         found = extract(rest.filter(hit), pattern)
@@ -100,7 +102,7 @@ def _capture_rest(
         miss = pc.invert(hit)
         rest, at = rest.filter(miss), at.filter(miss)
     columns = {name: _placed(found_parts, n, pa.string()) for name, found_parts in parts.items()}
-    return columns, pc.fill_null(_placed(taken, n, pa.bool_()), False)
+    return columns, pc.fill_null(_placed(taken, n, pa.bool_()), FALSE)
 
 
 class Evaluator:
@@ -169,9 +171,9 @@ class Evaluator:
             return
         frame = self.frame
         for junk in step.remove:  # replaced by the separator, and only in the records that have it
-            has = pc.fill_null(pc.match_substring(source, junk), False)
+            has = pc.fill_null(pc.match_substring(source, junk), FALSE)
             if has.true_count > 0:
-                cleaned = pc.replace_substring(pc.if_else(has, source, None), junk, step.separator)
+                cleaned = pc.replace_substring(pc.if_else(has, source, null_of(source)), junk, step.separator)
                 source = pc.coalesce(cleaned, source)
         tokens = pc.split_pattern(source, step.separator)
         flat = pc.list_flatten(tokens)
@@ -238,7 +240,7 @@ class Evaluator:
         key = (id(values), _rows_key(self.needed))
         known = self._masked.get(key)
         if known is None:  # the column is kept with its masked copy, so its id stays its own
-            known = self._masked[key] = (values, pc.if_else(self.needed, values, None))
+            known = self._masked[key] = (values, pc.if_else(self.needed, values, null_of(values)))
         return known[1]
 
     def _cast(self, values: pa.Array, target: pa.DataType | None, label: str) -> pa.Array:

@@ -24,7 +24,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from securitylake_sink.columnar import row_numbers
+from securitylake_sink.columnar import FALSE, null_of, row_numbers, scalar_of
 from securitylake_sink.mapping.spec import Ops
 from securitylake_sink.mapping.timeparse import parse_times
 
@@ -123,7 +123,7 @@ class Faults:
     def add(self, mask: pa.Array | None, message: str, values: pa.Array | None = None) -> None:
         """Record ``message`` for every row where ``mask`` is true (``{value}`` is filled in)."""
         if mask is not None and mask.true_count > 0:
-            self.items.append((pc.fill_null(mask, False), message, values))
+            self.items.append((pc.fill_null(mask, FALSE), message, values))
 
     def mask(self, n: int) -> pa.Array:
         out = pa.repeat(pa.scalar(False), n)
@@ -158,18 +158,19 @@ def _ints(values: pa.Array, bits: int) -> tuple[pa.Array, pa.Array | None]:
         wide = pc.cast(values, pa.int64())
         bad = None
         if bits == 32:
-            bad = pc.or_kleene(pc.less(wide, low), pc.greater(wide, high))
-            wide = pc.if_else(bad, None, wide)
+            int64 = pa.int64()
+            bad = pc.or_kleene(pc.less(wide, scalar_of(low, int64)), pc.greater(wide, scalar_of(high, int64)))
+            wide = pc.if_else(bad, null_of(wide), wide)
         return pc.cast(wide, target), bad
     if pa.types.is_floating(t):
         integral = pc.and_(
             pc.equal(pc.floor(values), values), pc.and_(pc.greater_equal(values, low), pc.less_equal(values, high))
         )
         bad = pc.invert(integral)
-        return pc.cast(pc.if_else(integral, values, None), target), bad
+        return pc.cast(pc.if_else(integral, values, null_of(values)), target), bad
     if pa.types.is_string(t):
         ok = pc.match_substring_regex(values, INT_RE)
-        text = pc.if_else(ok, pc.utf8_trim_whitespace(values), None)
+        text = pc.if_else(ok, pc.utf8_trim_whitespace(values), null_of(values))
         try:
             wide = pc.cast(text, pa.int64())
         except pa.ArrowInvalid:  # a run of digits past int64
@@ -189,7 +190,7 @@ def _floats(values: pa.Array) -> tuple[pa.Array, pa.Array | None]:
         return pc.cast(values, pa.float64()), None
     if pa.types.is_string(t):
         ok = pc.match_substring_regex(values, FLOAT_RE)
-        return pc.cast(pc.if_else(ok, pc.utf8_trim_whitespace(values), None), pa.float64()), pc.invert(ok)
+        return pc.cast(pc.if_else(ok, pc.utf8_trim_whitespace(values), null_of(values)), pa.float64()), pc.invert(ok)
     return pa.nulls(len(values), pa.float64()), pc.is_valid(values)
 
 
@@ -244,7 +245,7 @@ def cast_column(values: pa.Array, target: pa.DataType) -> tuple[pa.Array, pa.Arr
     else:
         return pa.nulls(n, target), pc.is_valid(values)
     if bad is not None:
-        bad = pc.and_(pc.fill_null(bad, False), pc.is_valid(values))
+        bad = pc.and_(pc.fill_null(bad, FALSE), pc.is_valid(values))
     return out, bad
 
 
@@ -275,7 +276,8 @@ def _split(text: pa.Array, sep: str, after: bool) -> pa.Array:
     if not after:
         return pc.list_element(parts, 0)
     rest = pc.utf8_slice_codeunits(pc.list_element(parts, 1), 0, -len(sep))
-    return pc.if_else(pc.greater_equal(pc.find_substring(text, sep), 0), rest, None)
+    found = pc.find_substring(text, sep)
+    return pc.if_else(pc.greater_equal(found, scalar_of(0, found.type)), rest, null_of(rest))
 
 
 def _split_list(text: pa.Array, sep: str) -> pa.Array:
@@ -300,12 +302,12 @@ def _hex_text(value: str) -> str:
 
 def _decode(text: pa.Array, how: str) -> pa.Array:
     if how == "audit":
-        quoted = pc.fill_null(pc.and_(pc.starts_with(text, '"'), pc.ends_with(text, '"')), False)
+        quoted = pc.fill_null(pc.and_(pc.starts_with(text, '"'), pc.ends_with(text, '"')), FALSE)
         text = pc.if_else(quoted, pc.utf8_slice_codeunits(text, 1, -1), text)
         text = pc.if_else(pc.is_in(text, value_set=pa.array(["(null)", "?"])), None, text)
-        hexed = pc.and_(pc.invert(quoted), pc.fill_null(pc.match_substring_regex(text, HEX_RE), False))
+        hexed = pc.and_(pc.invert(quoted), pc.fill_null(pc.match_substring_regex(text, HEX_RE), FALSE))
     else:
-        hexed = pc.fill_null(pc.match_substring_regex(text, HEX_RE), False)
+        hexed = pc.fill_null(pc.match_substring_regex(text, HEX_RE), FALSE)
     return _python_map(text, hexed, _hex_text, pa.string())
 
 
@@ -347,7 +349,7 @@ def _shape_ops(values: pa.Array, ops: Ops) -> pa.Array:
         values = pc.utf8_trim(values, ops.trim) if ops.trim else pc.utf8_trim_whitespace(values)
     if ops.null_if:
         listed = pa.array([text_of(v) for v in ops.null_if], pa.string())
-        values = pc.if_else(pc.fill_null(pc.is_in(as_text(values), value_set=listed), False), None, values)
+        values = pc.if_else(pc.fill_null(pc.is_in(as_text(values), value_set=listed), FALSE), null_of(values), values)
     if ops.split is not None:
         values = _split_list(values, ops.split)
     if ops.replace:
@@ -433,14 +435,14 @@ def test(values: pa.Array, op: str, operand: Any, ignore_case: bool) -> pa.Array
         return present if operand else pc.invert(present)
     if op in ("gt", "gte", "lt", "lte"):
         fn = {"gt": pc.greater, "gte": pc.greater_equal, "lt": pc.less, "lte": pc.less_equal}[op]
-        return pc.fill_null(fn(_numeric(values), float(operand)), False)
+        return pc.fill_null(fn(_numeric(values), float(operand)), FALSE)
     text = as_text(values)
     if op == "matches":
-        return pc.fill_null(pc.match_substring_regex(text, operand, ignore_case=ignore_case), False)
+        return pc.fill_null(pc.match_substring_regex(text, operand, ignore_case=ignore_case), FALSE)
     if op in ("starts_with", "contains"):
         fn = pc.starts_with if op == "starts_with" else pc.match_substring
-        return pc.fill_null(fn(text, operand, ignore_case=ignore_case), False)
+        return pc.fill_null(fn(text, operand, ignore_case=ignore_case), FALSE)
     wanted = [text_of(v) for v in (operand if op == "in" else [operand])]
     if ignore_case:
         text, wanted = pc.utf8_lower(text), [w.lower() for w in wanted]
-    return pc.fill_null(pc.is_in(text, value_set=pa.array(wanted, pa.string())), False)
+    return pc.fill_null(pc.is_in(text, value_set=pa.array(wanted, pa.string())), FALSE)

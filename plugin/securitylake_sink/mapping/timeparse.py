@@ -12,6 +12,8 @@ from datetime import datetime, timedelta
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from securitylake_sink.columnar import FALSE, null_of, scalar_of
+
 MS_PER_DAY = 86_400_000
 # Epoch values at or above these are taken as ms, µs and ns (1e11 s is the year 5138).
 SECONDS_BELOW, MILLIS_BELOW, MICROS_BELOW = 1e11, 1e14, 1e17
@@ -45,8 +47,8 @@ def _numbers(values: pa.Array) -> pa.Array:
     if pa.types.is_boolean(values.type) or pa.types.is_null(values.type):
         return pa.nulls(len(values), pa.float64())
     text = _as_text(values)
-    ok = pc.fill_null(pc.match_substring_regex(text, _NUMBER), False)
-    return pc.cast(pc.if_else(ok, pc.utf8_trim_whitespace(text), None), pa.float64())
+    ok = pc.fill_null(pc.match_substring_regex(text, _NUMBER), FALSE)
+    return pc.cast(pc.if_else(ok, pc.utf8_trim_whitespace(text), null_of(text)), pa.float64())
 
 
 def _epoch_ints(values: pa.Array, unit: str) -> pa.Array:
@@ -78,9 +80,9 @@ def _epoch(values: pa.Array, unit: str) -> pa.Array:
         magnitude = pc.abs(numbers)
         factor = pc.case_when(
             pc.make_struct(
-                pc.less(magnitude, SECONDS_BELOW),
-                pc.less(magnitude, MILLIS_BELOW),
-                pc.less(magnitude, MICROS_BELOW),
+                pc.less(magnitude, scalar_of(SECONDS_BELOW, magnitude.type)),
+                pc.less(magnitude, scalar_of(MILLIS_BELOW, magnitude.type)),
+                pc.less(magnitude, scalar_of(MICROS_BELOW, magnitude.type)),
             ),
             1000.0,
             1.0,
@@ -98,7 +100,7 @@ def _shift(ms: pa.Array, tz_minutes: int) -> pa.Array:
 
 
 def _ns_to_ms(ts: pa.Array) -> pa.Array:
-    return pc.divide(pc.cast(ts, pa.int64()), 1_000_000)
+    return pc.divide(pc.cast(ts, pa.int64()), scalar_of(1_000_000, pa.int64()))
 
 
 def _python_iso(text: pa.Array, tz_minutes: int) -> pa.Array:
@@ -124,17 +126,17 @@ def _naive_ms(parsed: datetime) -> int:
 
 def _rfc3339(values: pa.Array, tz_minutes: int) -> pa.Array:
     text = _as_text(values)
-    ok = pc.fill_null(pc.match_substring_regex(text, _RFC3339), False)
+    ok = pc.fill_null(pc.match_substring_regex(text, _RFC3339), FALSE)
     if ok.true_count == 0:
         return _null_ms(len(values))
-    text = pc.if_else(ok, text, None)
+    text = pc.if_else(ok, text, null_of(text))
     if pc.match_substring(text, " +").true_count > 0 or pc.match_substring(text, " -").true_count > 0:
         text = pc.replace_substring_regex(text, r" ([+-]\d\d(?::?\d\d)?)$", r"\1")
     text = pc.replace_substring(text, ",", ".")
-    zoned = pc.fill_null(pc.match_substring_regex(text, _ZONED), False)
+    zoned = pc.fill_null(pc.match_substring_regex(text, _ZONED), FALSE)
     try:
-        with_zone = _ns_to_ms(pc.cast(pc.if_else(zoned, text, None), pa.timestamp("ns", "UTC")))
-        local = _ns_to_ms(pc.cast(pc.if_else(zoned, None, text), pa.timestamp("ns")))
+        with_zone = _ns_to_ms(pc.cast(pc.if_else(zoned, text, null_of(text)), pa.timestamp("ns", "UTC")))
+        local = _ns_to_ms(pc.cast(pc.if_else(zoned, null_of(text), text), pa.timestamp("ns")))
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         return _python_iso(text, tz_minutes)
     return pc.coalesce(with_zone, _shift(local, tz_minutes))
@@ -142,10 +144,10 @@ def _rfc3339(values: pa.Array, tz_minutes: int) -> pa.Array:
 
 def _rfc3164(values: pa.Array, ref_ms: pa.Array, tz_minutes: int) -> pa.Array:
     text = _as_text(values)
-    ok = pc.fill_null(pc.match_substring_regex(text, _RFC3164), False)
+    ok = pc.fill_null(pc.match_substring_regex(text, _RFC3164), FALSE)
     if ok.true_count == 0:
         return _null_ms(len(values))
-    parts = pc.split_pattern(pc.replace_substring(pc.if_else(ok, text, None), "  ", " "), " ")
+    parts = pc.split_pattern(pc.replace_substring(pc.if_else(ok, text, null_of(text)), "  ", " "), " ")
     month = pc.take(_MM, pc.index_in(pc.list_element(parts, 0), _MONTHS))
     day = pc.utf8_lpad(pc.list_element(parts, 1), 2, "0")
     hms = pc.list_element(parts, 2)
@@ -153,12 +155,12 @@ def _rfc3164(values: pa.Array, ref_ms: pa.Array, tz_minutes: int) -> pa.Array:
 
     def at_year(year: pa.Array) -> pa.Array:
         iso = pc.binary_join_element_wise(pc.cast(year, pa.string()), "-", month, "-", day, "T", hms, "")
-        stamp = pc.cast(pc.if_else(pc.is_valid(month), iso, None), pa.timestamp("s"), safe=False)
+        stamp = pc.cast(pc.if_else(pc.is_valid(month), iso, null_of(iso)), pa.timestamp("s"), safe=False)
         return _shift(pc.multiply(pc.cast(stamp, pa.int64()), 1000), tz_minutes)
 
     this_year = at_year(ref_year)
     # A December line read early in January belongs to the previous year.
-    ahead = pc.fill_null(pc.greater(this_year, pc.add(ref_ms, 2 * MS_PER_DAY)), False)
+    ahead = pc.fill_null(pc.greater(this_year, pc.add(ref_ms, 2 * MS_PER_DAY)), FALSE)
     if ahead.true_count == 0:
         return this_year
     return pc.if_else(ahead, at_year(pc.subtract(ref_year, 1)), this_year)
@@ -166,10 +168,10 @@ def _rfc3164(values: pa.Array, ref_ms: pa.Array, tz_minutes: int) -> pa.Array:
 
 def _clf(values: pa.Array) -> pa.Array:
     text = _as_text(values)
-    ok = pc.fill_null(pc.match_substring_regex(text, _CLF), False)
+    ok = pc.fill_null(pc.match_substring_regex(text, _CLF), FALSE)
     if ok.true_count == 0:
         return _null_ms(len(values))
-    text = pc.if_else(ok, text, None)
+    text = pc.if_else(ok, text, null_of(text))
 
     def part(start: int, stop: int) -> pa.Array:
         return pc.utf8_slice_codeunits(text, start, stop)
@@ -199,7 +201,7 @@ def parse_times(values: pa.Array, formats: Sequence[str], ref_ms: pa.Array, tz_m
         if result is not None:
             if result.null_count == values.null_count:
                 break
-            values = pc.if_else(pc.is_null(result), values, None)  # only what is still unparsed
+            values = pc.if_else(pc.is_null(result), values, null_of(values))  # only what is still unparsed
         if fmt == "auto":
             step = pc.coalesce(_epoch(values, "epoch"), _rfc3339(values, tz_minutes))
         elif fmt.startswith("epoch"):

@@ -15,7 +15,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from securitylake_sink.columnar import row_numbers
+from securitylake_sink.columnar import FALSE, row_numbers, scalar_of
 from securitylake_sink.ocsf.schema import OcsfSchema
 
 Attrs = Mapping[str, Mapping[str, Any]]
@@ -205,10 +205,11 @@ class _Checker:
                     count = pc.add(count, pc.cast(pc.is_valid(child), ROW))
             if isinstance(count, pa.Scalar):  # none of the names is in the Arrow schema
                 count = pa.array([0] * len(rows), ROW)
-            wrong = pc.equal(count, 0) if kind == "at_least_one" else pc.not_equal(count, 1)
+            one_or_none = scalar_of(1 if kind == "just_one" else 0, ROW)
+            wrong = pc.equal(count, one_or_none) if kind == "at_least_one" else pc.not_equal(count, one_or_none)
             if present is not None:
                 wrong = pc.and_(wrong, present)
-            wrong = pc.fill_null(wrong, False)
+            wrong = pc.fill_null(wrong, FALSE)
             if wrong.true_count > 0:
                 need = "at least one" if kind == "at_least_one" else "exactly one"
                 self.fail(rows.filter(wrong), f"{where}: needs {need} of {', '.join(names)}")
@@ -237,7 +238,7 @@ def _consistency(checker: _Checker, batch: pa.RecordBatch, class_uid: int, rows:
         column = get(batch, name)
         if column is None:
             return
-        wrong = pc.fill_null(pc.not_equal(column, expected), False)
+        wrong = pc.fill_null(pc.not_equal(column, expected), FALSE)
         if wrong.true_count > 0:
             checker.fail(rows.filter(wrong), f"{name}: {{value}} {what}", column.filter(wrong))
 
@@ -258,7 +259,7 @@ def _consistency(checker: _Checker, batch: pa.RecordBatch, class_uid: int, rows:
         caption = pc.take(captions, pc.index_in(pc.cast(activity, pa.int64()), value_set=ids))
         names = get(batch, "activity_name")
         if names is not None:  # with activity 99 (Other) the name is the source's own
-            other = pc.fill_null(pc.equal(activity, 99), False)
+            other = pc.fill_null(pc.equal(activity, 99), FALSE)
             differs("activity_name", pc.if_else(other, names, caption), "is not the caption of activity_id")
         differs(
             "type_name",
@@ -268,7 +269,7 @@ def _consistency(checker: _Checker, batch: pa.RecordBatch, class_uid: int, rows:
     metadata = get(batch, "metadata")
     if metadata is not None and metadata.type.get_field_index("version") >= 0:
         version = pc.struct_field(metadata, "version")
-        wrong = pc.fill_null(pc.not_equal(version, schema.version), False)
+        wrong = pc.fill_null(pc.not_equal(version, schema.version), FALSE)
         checker.fail(
             rows.filter(wrong),
             f"metadata.version: {{value}} is not the batch's OCSF version {schema.version}",
