@@ -201,7 +201,7 @@ def _bools(values: pa.Array) -> tuple[pa.Array, pa.Array | None]:
     if pa.types.is_string(t):
         lower = pc.utf8_lower(pc.utf8_trim_whitespace(values))
         ok = pc.is_in(lower, value_set=pa.array(["true", "false"]))
-        return pc.if_else(ok, pc.equal(lower, "true"), None), pc.invert(ok)
+        return pc.if_else(ok, pc.equal(lower, "true"), scalar_of(None, pa.bool_())), pc.invert(ok)
     return pa.nulls(len(values), pa.bool_()), pc.is_valid(values)
 
 
@@ -266,7 +266,7 @@ def _element(values: pa.Array, index: int) -> pa.Array:
     if not (pa.types.is_list(values.type) or pa.types.is_large_list(values.type)):
         return values if index == 0 else pa.nulls(len(values), values.type)
     long_enough = pc.greater(pc.list_value_length(values), index)
-    return pc.list_element(pc.if_else(long_enough, values, None), index)
+    return pc.list_element(pc.if_else(long_enough, values, null_of(values)), index)
 
 
 def _split(text: pa.Array, sep: str, after: bool) -> pa.Array:
@@ -304,7 +304,7 @@ def _decode(text: pa.Array, how: str) -> pa.Array:
     if how == "audit":
         quoted = pc.fill_null(pc.and_(pc.starts_with(text, '"'), pc.ends_with(text, '"')), FALSE)
         text = pc.if_else(quoted, pc.utf8_slice_codeunits(text, 1, -1), text)
-        text = pc.if_else(pc.is_in(text, value_set=pa.array(["(null)", "?"])), None, text)
+        text = pc.if_else(pc.is_in(text, value_set=pa.array(["(null)", "?"])), null_of(text), text)
         hexed = pc.and_(pc.invert(quoted), pc.fill_null(pc.match_substring_regex(text, HEX_RE), FALSE))
     else:
         hexed = pc.fill_null(pc.match_substring_regex(text, HEX_RE), FALSE)
@@ -435,7 +435,7 @@ def test(values: pa.Array, op: str, operand: Any, ignore_case: bool) -> pa.Array
         return present if operand else pc.invert(present)
     if op in ("gt", "gte", "lt", "lte"):
         fn = {"gt": pc.greater, "gte": pc.greater_equal, "lt": pc.less, "lte": pc.less_equal}[op]
-        return pc.fill_null(fn(_numeric(values), float(operand)), FALSE)
+        return pc.fill_null(fn(_numeric(values), scalar_of(float(operand), pa.float64())), FALSE)
     text = as_text(values)
     if op == "matches":
         return pc.fill_null(pc.match_substring_regex(text, operand, ignore_case=ignore_case), FALSE)

@@ -205,8 +205,10 @@ class _Checker:
                     count = pc.add(count, pc.cast(pc.is_valid(child), ROW))
             if isinstance(count, pa.Scalar):  # none of the names is in the Arrow schema
                 count = pa.array([0] * len(rows), ROW)
-            one_or_none = scalar_of(1 if kind == "just_one" else 0, ROW)
-            wrong = pc.equal(count, one_or_none) if kind == "at_least_one" else pc.not_equal(count, one_or_none)
+            if kind == "at_least_one":
+                wrong = pc.equal(count, scalar_of(0, ROW))
+            else:
+                wrong = pc.not_equal(count, scalar_of(1, ROW))
             if present is not None:
                 wrong = pc.and_(wrong, present)
             wrong = pc.fill_null(wrong, FALSE)
