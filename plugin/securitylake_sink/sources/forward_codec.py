@@ -90,8 +90,8 @@ _ARRAY32 = struct.Struct(">BI")  # an array32 header: 0xDD, then the count
 _EVENT_TIME_PARTS = struct.Struct(">II")  # uint32 seconds, uint32 nanoseconds
 _FIXEXT8: Final = 0xD7
 _EVENT_TIME_BYTES: Final = 2 + _EVENT_TIME_LEN  # 0xD7 0x00, then the 8 bytes
-# An entry's empty metadata: a fixmap as msgpack writes it, or map16/map32 with a length of 0
-# (Fluent Bit writes a map32): how many bytes it takes, by its first byte.
+# An entry's empty metadata: a fixmap as msgpack writes it (0x80), or a map16/map32 header with a
+# length of 0 (Fluent Bit writes a map32).
 _EMPTY_MAP: Final = 0x80
 _MAP16, _MAP32 = 0xDE, 0xDF
 _UINT16, _UINT32 = struct.Struct(">H"), struct.Struct(">I")
