@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from securitylake_sink import __version__
+from securitylake_sink.columnar import scalar_of
 from securitylake_sink.mapping.assemble import AttrPath, assemble, constant
 from securitylake_sink.mapping.columns import Frame, merge_unmapped, pull_frame
 from securitylake_sink.mapping.compiler import CompiledEvent, CompiledRule
@@ -58,9 +59,9 @@ def _derive(
     fixed(("category_uid",), info.category_uid, int32)
     fixed(("class_name",), info.caption, pa.string())
     fixed(("category_name",), info.category_name, pa.string())
-    activity = pc.fill_null(values.get(("activity_id",), pa.nulls(n, int32)), pa.scalar(0, int32))
+    activity = pc.fill_null(values.get(("activity_id",), pa.nulls(n, int32)), scalar_of(0, int32))
     values[("activity_id",)] = activity
-    values[("severity_id",)] = pc.fill_null(values.get(("severity_id",), pa.nulls(n, int32)), pa.scalar(0, int32))
+    values[("severity_id",)] = pc.fill_null(values.get(("severity_id",), pa.nulls(n, int32)), scalar_of(0, int32))
     values[("type_uid",)] = pc.add(pa.scalar(event.class_uid * 100, pa.int64()), pc.cast(activity, pa.int64()))
     for sibling in event.siblings:
         ids = values.get(sibling.id_path)
@@ -160,7 +161,7 @@ def apply_rule(
     steps = Evaluator(frame, rule.functions, Faults())
     for step in rule.steps:
         steps.run_step(step)
-    wanted = steps.cond(rule.where) if rule.where is not None else pa.repeat(pa.scalar(True), n)
+    wanted = steps.cond(rule.where) if rule.where is not None else constant(True, pa.bool_(), n)
     left = wanted
     for event in rule.events:
         takes = left if event.where is None else pc.and_(left, steps.cond(event.where))

@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from securitylake_sink.columnar import FALSE, null_of, row_numbers, scalar_of
+from securitylake_sink.mapping.assemble import constant
 from securitylake_sink.mapping.spec import Ops
 from securitylake_sink.mapping.timeparse import parse_times
 
@@ -126,7 +127,7 @@ class Faults:
             self.items.append((pc.fill_null(mask, FALSE), message, values))
 
     def mask(self, n: int) -> pa.Array:
-        out = pa.repeat(pa.scalar(False), n)
+        out = constant(False, pa.bool_(), n)
         for mask, _, _ in self.items:
             out = pc.or_(out, mask)
         return out
