@@ -1,9 +1,12 @@
-"""The benchmark's report: the machine it ran on (from /proc) and the figures of one run as a table."""
+"""The benchmark's report: the machine it ran on (from /proc), the figures of a run as a table, and
+several rounds of the suite combined into one run of medians with their spread."""
 
 from __future__ import annotations
 
 import os
 import platform
+import statistics
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +42,67 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "pyarrow": pa.__version__,
     }
+
+
+def _median(values: Sequence[Any]) -> Any:
+    """One figure over the rounds: numbers by their median (ints stay ints), a check passes only
+    if it passed every time, dicts figure by figure; anything else as the first round had it."""
+    first = values[0]
+    if isinstance(first, bool):
+        return all(values)
+    if isinstance(first, dict):
+        return {key: _median([v[key] for v in values]) for key in first if all(key in v for v in values)}
+    if isinstance(first, int | float) and all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+        middle = statistics.median(values)
+        return round(middle) if all(isinstance(v, int) for v in values) else middle
+    return first
+
+
+def combine(rounds: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Several rounds of the suite as one result: each figure the median of its rounds (a ratio
+    the median of the rounds' ratios, not a ratio of medians), each check passed only when it
+    passed in every round; every round's own result kept under ``rounds``."""
+    if not rounds:
+        raise ValueError("no rounds to combine")
+    combined: dict[str, Any] = _median(rounds)
+    combined["ok"] = all(r["ok"] for r in rounds)
+    combined["rounds"] = list(rounds)
+    return combined
+
+
+# The figures whose spread over the rounds the report shows: a label and where each round has it.
+_SPREAD: tuple[tuple[str, Callable[[dict[str, Any]], Any]], ...] = (
+    *(
+        (f"{mix}: {label}", lambda r, mix=mix, key=key: r["e2e"][mix][key])
+        for mix in ("preparsed", "raw", "mixed")
+        for label, key in (("records/s", "records_per_sec"), ("CPU-s/M", "sink_cpu_secs_per_million"),
+                           ("peak RSS MB", "sink_peak_rss_mb"))
+    ),
+    ("mixed paced: ack p99 ms", lambda r: r["paced"]["ack_p99_ms"]),
+    ("map in steps: per CPU-s", lambda r: r["stages"]["map_steps"]["records_per_cpu_sec"]),
+    ("floor: records/s", lambda r: r["floor"]["records_per_sec"]),
+    ("end to end (mixed) / floor", lambda r: r["e2e_over_floor"]),
+    ("fluent-bit -> sink: acked / baseline", lambda r: r["fluent_bit"].get("acked_over_baseline")),
+    ("fluent-bit -> sink: peak RSS MB", lambda r: r["fluent_bit"].get("to_sink", {}).get("sink_peak_rss_mb")),
+    ("fluent-bit -> fluent-bit: records/s", lambda r: r["fluent_bit"].get("baseline", {}).get("records_per_sec")),
+)
+
+
+def _spread(rounds: Sequence[dict[str, Any]]) -> list[str]:
+    """Each figure of ``_SPREAD`` that every round has: lowest, median, highest, then each round's."""
+    rows: list[list[Any]] = []
+    for label, figure in _SPREAD:
+        values = [figure(r) for r in rounds]
+        if all(v is not None for v in values):
+            low, middle, high = (_fig(v) for v in (min(values), _median(values), max(values)))
+            rows.append([label, low, middle, high, " ".join(_fig(v) for v in values)])
+    return ["", f"Spread over the {len(rounds)} rounds (each the whole suite, in turn)",
+            *_rows(["figure", "lowest", "median", "highest", "notes"], rows)]
+
+
+def _fig(value: Any) -> str:
+    """A figure of the spread: ratios and other small numbers to three decimals."""
+    return f"{value:.3f}" if isinstance(value, float) and abs(value) < 10 else _num(value)
 
 
 def _num(value: Any) -> str:
@@ -95,6 +159,8 @@ def table(result: dict[str, Any]) -> str:
         f"machine: {m['cpu']}, {m['cores']} cores, {m['ram_gib']} GiB RAM, load {m['load_avg_at_start']} "
         f"({m['os']}, Python {m['python']}, pyarrow {m['pyarrow']})",
         f"command: {result['command']}",
+        *([f"figures: the median of {len(result['rounds'])} rounds of the whole suite, in turn; their spread is "
+           "at the end"] if "rounds" in result else []),
         f"records per part: {result['settings']['records']:,}; chunks of {result['settings']['chunk']:,} records "
         "per tag; file:// lake; OCSF 1.1.0",
         "",
@@ -196,11 +262,12 @@ def table(result: dict[str, Any]) -> str:
                 ],
             ],
         )
-        acked = _acked_per_sec(sink)
         out.append(
             f"sink / baseline: {fb['sink_over_baseline']:.3f} to the last object, "
-            f"{(acked or 0) / base['records_per_sec']:.3f} acked"
+            f"{fb['acked_over_baseline']:.3f} acked"
         )
+    if "rounds" in result:
+        out += _spread(result["rounds"])
     failed = [name for name, ok in result["checks"].items() if not ok]
     out += ["", "checks: all passed" if not failed else f"checks FAILED: {', '.join(failed)}"]
     return "\n".join(out)

@@ -2,9 +2,11 @@
 its own sink run), the mixed run paced at half its measured rate (ack latency), the stages in
 process and the floor on the same mixed records, each built-in rule, and Fluent Bit as the sender
 against a Fluent Bit baseline when ``fluent-bit`` is on PATH. Prints a table, writes every figure
-as JSON with ``--json``; exits 1 when a correctness check fails (never on a timing).
+as JSON with ``--json``; exits 1 when a correctness check fails (never on a timing). ``--rounds N``
+runs the whole suite N times in turn and reports each figure's median and its spread: on a shared
+machine one run's figures move by a quarter or more.
 
-    .venv/bin/python bench/run.py [--records 100000] [--chunk 1000] [--json out.json] [--no-fluent-bit]
+    .venv/bin/python bench/run.py [--records 100000] [--chunk 1000] [--rounds 1] [--json out.json] [--no-fluent-bit]
     .venv/bin/python bench/run.py --smoke     # a few thousand records per part; checks only
 """
 
@@ -23,7 +25,7 @@ import fluentbit
 import stages
 from frames import pack_frames
 from records import generate
-from report import machine, table
+from report import combine, machine, table
 
 MIXES = ("preparsed", "raw", "mixed")
 SMOKE_RECORDS = 3000
@@ -42,8 +44,10 @@ def _fluent_bit(records: int, start_ms: int, enabled: bool) -> dict[str, Any]:
     items = generate("mixed", records, start_ms)
     timeout = max(120.0, records / 200)  # generous: a stall fails the run, a slow machine does not
     to_sink, baseline = fluentbit.to_sink(items, timeout), fluentbit.baseline(items, timeout)
+    acked = to_sink["records"] / to_sink["seconds_to_last_ack"]
     return {"binary": fluentbit.FLUENT_BIT, "to_sink": to_sink, "baseline": baseline,
-            "sink_over_baseline": round(to_sink["records_per_sec"] / baseline["records_per_sec"], 3)}
+            "sink_over_baseline": round(to_sink["records_per_sec"] / baseline["records_per_sec"], 3),
+            "acked_over_baseline": round(acked / baseline["records_per_sec"], 3)}
 
 
 def checks(result: dict[str, Any]) -> dict[str, bool]:
@@ -95,16 +99,22 @@ def main() -> int:
     parser.add_argument("--records", type=int, default=100_000, help="records per part (default 100000)")
     parser.add_argument("--chunk", type=int, default=1000, help="records per Forward chunk (default 1000)")
     parser.add_argument("--rule-records", type=int, default=50_000, help="records per built-in rule (default 50000)")
+    parser.add_argument("--rounds", type=int, default=1, help="run the whole suite this many times; report medians")
     parser.add_argument("--json", type=Path, help="also write every figure here")
     parser.add_argument("--no-fluent-bit", action="store_true", help="skip the Fluent Bit sender and baseline")
     parser.add_argument("--smoke", action="store_true", help="a few thousand records per part; checks only")
     args = parser.parse_args()
-    if args.records < 1 or args.chunk < 1 or args.rule_records < 1:
-        parser.error("--records, --chunk and --rule-records must be at least 1")
-    if args.smoke:
-        result = run(SMOKE_RECORDS, SMOKE_CHUNK, 1000, 1, fluent_bit=False)
-    else:
-        result = run(args.records, args.chunk, args.rule_records, 2, fluent_bit=not args.no_fluent_bit)
+    if args.records < 1 or args.chunk < 1 or args.rule_records < 1 or args.rounds < 1:
+        parser.error("--records, --chunk, --rule-records and --rounds must be at least 1")
+    rounds = []
+    for index in range(args.rounds):
+        if args.smoke:
+            rounds.append(run(SMOKE_RECORDS, SMOKE_CHUNK, 1000, 1, fluent_bit=False))
+        else:
+            rounds.append(run(args.records, args.chunk, args.rule_records, 2, fluent_bit=not args.no_fluent_bit))
+        if args.rounds > 1:
+            print(f"round {index + 1} of {args.rounds} done", file=sys.stderr, flush=True)
+    result = rounds[0] if args.rounds == 1 else combine(rounds)
     print(table(result))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")

@@ -12,23 +12,33 @@ SMOKE_RECORDS = 3000
 
 
 def test_bench_smoke_mode_accounts_for_every_record_in_every_part(tmp_path: Path) -> None:
-    # GIVEN the one benchmark command in smoke mode
+    # GIVEN the one benchmark command in smoke mode, two rounds
     figures_path = tmp_path / "figures.json"
-    # WHEN it runs every part: three mixes end to end, a paced run, the stages, the floor
+    # WHEN it runs every part twice: three mixes end to end, a paced run, the stages, the floor
     result = subprocess.run(
-        [sys.executable, str(BENCH / "run.py"), "--smoke", "--json", str(figures_path)],
+        [sys.executable, str(BENCH / "run.py"), "--smoke", "--rounds", "2", "--json", str(figures_path)],
         check=False,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=600,
     )
     # THEN it passes its own checks and prints the table with the machine and the command
     assert result.returncode == 0, result.stdout + result.stderr
     assert "checks: all passed" in result.stdout
     assert "machine: " in result.stdout and "command: " in result.stdout
+    # AND the figures are the rounds' medians, with their spread at the end
+    assert "figures: the median of 2 rounds" in result.stdout
+    assert "Spread over the 2 rounds" in result.stdout
     figures = json.loads(figures_path.read_text())
-    # AND every record sent to a sink landed as a row or a dead letter, in every end-to-end run
-    runs = [*figures["e2e"].values(), figures["paced"], figures["raw_no_raw_data"]]
+    assert len(figures["rounds"]) == 2
+    each = sorted(r["floor"]["records_per_sec"] for r in figures["rounds"])
+    assert figures["floor"]["records_per_sec"] == round((each[0] + each[1]) / 2)
+    # AND every record sent to a sink landed as a row or a dead letter, in every end-to-end run of both rounds
+    runs = [
+        run
+        for figure in (figures, *figures["rounds"])
+        for run in (*figure["e2e"].values(), figure["paced"], figure["raw_no_raw_data"])
+    ]
     assert sorted(figures["e2e"]) == ["mixed", "preparsed", "raw"]
     for run in runs:
         assert run["exit_status"] == 0
