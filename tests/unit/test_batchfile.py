@@ -3,9 +3,11 @@ torn tails, damage, and the durable move that seals a batch."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pytest
@@ -255,3 +257,56 @@ def test_move_to_moves_the_file_with_its_frames_durably(tmp_path: Path, monkeypa
     assert synced[0] == str(old_path)
     assert str(sealed_dir) in synced[1:]
     assert str(open_dir) in synced[1:]
+
+
+class _Reads:
+    """A file whose reads are recorded by size."""
+
+    def __init__(self, f: Any, sizes: list[int]) -> None:
+        self._f, self._sizes = f, sizes
+
+    def read(self, n: int = -1) -> bytes:
+        data: bytes = self._f.read(n)
+        self._sizes.append(len(data))
+        return data
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._f, name)
+
+    def __enter__(self) -> _Reads:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._f.close()
+
+
+def test_reading_a_batch_holds_one_frame_of_the_file_at_a_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # GIVEN a batch file of three frames
+    batch = written_file(tmp_path / "sealed")
+    ends = frame_ends(batch.path)
+    largest = max(b - a for a, b in itertools.pairwise(ends))
+    sizes: list[int] = []
+    opened = Path.open
+
+    def recording(self: Path, *args: Any, **kwargs: Any) -> Any:
+        f = opened(self, *args, **kwargs)
+        return _Reads(f, sizes) if self == batch.path else f
+
+    monkeypatch.setattr(Path, "open", recording)
+    # WHEN its table is read for delivery
+    table = batch.read_table(SCHEMA)
+    # THEN every row is there, and no read took more than one frame's bytes: the compressed
+    # file is never held whole beside the batches it decompresses into
+    assert uids(table) == [str(i) for i in range(9)]
+    assert sizes and max(sizes) <= largest < batch.path.stat().st_size / 2
+
+
+def test_a_sealed_batch_cut_short_is_corruption_when_read(tmp_path: Path) -> None:
+    # GIVEN a batch file whose last frame lost its tail after it was sealed
+    batch = written_file(tmp_path / "sealed")
+    ends = frame_ends(batch.path)
+    with batch.path.open("r+b") as f:
+        f.truncate(ends[-1] - 10)
+    # WHEN its table is read for delivery THEN it is corrupt at the last good frame's end
+    with pytest.raises(SpoolCorrupt, match=f"damaged at byte {ends[-2]}"):
+        batch.read_table(SCHEMA)

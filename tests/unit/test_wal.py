@@ -16,7 +16,15 @@ import pytest
 
 from securitylake_sink.errors import SpoolCorrupt, SpoolError
 from securitylake_sink.spool import wal as wal_module
-from securitylake_sink.spool.wal import HEADER, WalPosition, WriteAheadLog, encode_record
+from securitylake_sink.spool.wal import (
+    HEADER,
+    MAGIC,
+    WalPosition,
+    WriteAheadLog,
+    encode_record,
+    read_records,
+    scan_records,
+)
 
 START = WalPosition(0, 0)  # a fresh spool's checkpoint: before every record
 RECORD_OVERHEAD = HEADER.size  # bytes each record adds to its payload
@@ -720,3 +728,38 @@ async def test_a_budgeted_read_still_finds_damage_at_its_cursor(wal_dir: Path) -
     with pytest.raises(SpoolCorrupt):
         wal.read_from(first[0][0], 100, max_bytes=1024 * 1024)
     wal.close()
+
+
+def _records_file() -> bytes:
+    return b"".join(encode_record(bytes([i]) * (i * 7 + 1)) for i in range(6))
+
+
+def _damaged(kind: str) -> bytes:
+    """The six records of ``_records_file``, damaged as ``kind`` says."""
+    data = bytearray(_records_file())
+    third = len(encode_record(b"\x00")) + len(encode_record(b"\x01" * 8))  # where record 2 starts
+    if kind == "torn":
+        del data[-5:]
+    elif kind == "flipped":
+        data[third + HEADER.size + 3] ^= 0xFF
+    elif kind == "magic":
+        data[third] = ord("X")
+    elif kind == "huge":
+        HEADER.pack_into(data, third, MAGIC, 2**31, 0)
+    elif kind == "short header":
+        data += b"W1\x00"
+    return bytes(data)
+
+
+@pytest.mark.parametrize("kind", ["whole", "torn", "flipped", "magic", "huge", "short header"])
+def test_records_read_from_a_file_are_those_scanned_from_its_bytes(tmp_path: Path, kind: str) -> None:
+    # GIVEN a file of records, whole or damaged
+    path = tmp_path / "records"
+    path.write_bytes(_damaged(kind))
+    # WHEN it is read a record at a time
+    with path.open("rb") as f:
+        read = list(read_records(f))
+    # THEN the records and their offsets are those a scan of the whole file finds, stopping at
+    # the same first bad record
+    assert read == list(scan_records(path.read_bytes()))
+    assert len(read) == {"whole": 6, "torn": 5, "short header": 6}.get(kind, 2)

@@ -10,7 +10,7 @@ segment away (the spool quarantines it) and reading goes on with the next segmen
 
 from __future__ import annotations
 
-__all__ = ["WalPosition", "WriteAheadLog", "encode_record", "scan_records"]
+__all__ = ["WalPosition", "WriteAheadLog", "encode_record", "read_records", "scan_records"]
 
 import asyncio
 import logging
@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, overload
+from typing import Any, BinaryIO, overload
 
 from securitylake_sink.errors import SpoolCorrupt, SpoolError
 
@@ -71,6 +71,23 @@ def scan_records(data: bytes | memoryview, start: int = 0) -> Iterator[tuple[int
         if zlib.crc32(payload) != crc:
             return
         yield pos, end, payload
+        pos = end
+
+
+def read_records(f: BinaryIO) -> Iterator[tuple[int, int, bytes]]:
+    """``scan_records`` over a file read from its current position a record at a time: only one
+    record's bytes are held, not the whole file's."""
+    pos = f.tell()
+    while len(head := f.read(HEADER.size)) == HEADER.size:
+        magic, length, crc = HEADER.unpack(head)
+        if magic != MAGIC or length > MAX_RECORD_BYTES:
+            return
+        payload = f.read(length)
+        if len(payload) != length or zlib.crc32(payload) != crc:
+            return
+        end = pos + HEADER.size + length
+        yield pos, end, payload
+        del payload  # not held while the next record is read
         pos = end
 
 
