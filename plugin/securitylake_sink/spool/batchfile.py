@@ -34,7 +34,7 @@ IPC_OPTIONS = pa.ipc.IpcWriteOptions(compression="lz4")
 # in the process until trimmed. Sorting hands back what the unsorted columns held each time this
 # much is freed; without it the old columns stayed resident beside the sorted ones. For a batch
 # of 34 MB (Arrow): 72-76 MB over the base at the peak without, 55-56 MB with it, for 15-20 ms
-# more CPU (malloc_trim walks the heap; every 2 MiB cost twice that for no lower peak).
+# more CPU (malloc_trim walks the heap; every 2 MiB cost more CPU for no lower peak).
 TRIM_EVERY_BYTES = 4 * 1024 * 1024
 SUFFIX = ".batch"
 
