@@ -13,7 +13,9 @@ __all__ = [
     "FALSE",
     "is_ascending",
     "is_pruning",
+    "kept_where",
     "null_of",
+    "nulled_where",
     "nulls",
     "prune",
     "prune_batch",
@@ -119,6 +121,16 @@ def scalar_of(value: bool | int | float | str | None, t: pa.DataType) -> pa.Scal
 def null_of(values: pa.Array | pa.ChunkedArray) -> pa.Scalar:
     """A null of ``values``' type: what ``if_else`` puts where a row is dropped."""
     return scalar_of(None, values.type)
+
+
+def kept_where(mask: pa.Array, values: pa.Array) -> pa.Array:
+    """``values`` where ``mask`` is true; null where it is false or null."""
+    return pc.if_else(mask, values, null_of(values))
+
+
+def nulled_where(mask: pa.Array, values: pa.Array) -> pa.Array:
+    """``values`` with null where ``mask`` is true; where ``mask`` is null, null too (as ``if_else``)."""
+    return pc.if_else(mask, null_of(values), values)
 
 
 _ROWS: list[pa.Array] = [pa.array([], pa.int64())]

@@ -12,7 +12,9 @@ import pytest
 
 from securitylake_sink.columnar import (
     is_pruning,
+    kept_where,
     null_of,
+    nulled_where,
     nulls,
     prune_batch,
     pruned_type,
@@ -284,3 +286,11 @@ def test_null_of_fills_dropped_rows_as_a_bare_none_would() -> None:
     for values in (pa.array(["a", None, "c"]), pa.array([1, 2, None], pa.int32()), pa.array([[1], None, [2, 3]])):
         keep = pa.array([True, False, None])
         assert pc.if_else(keep, values, null_of(values)).equals(pc.if_else(keep, values, None))
+
+
+def test_kept_where_and_nulled_where_null_the_rows_a_mask_leaves_out_or_names() -> None:
+    values = pa.array(["a", "b", "c", None])
+    mask = pa.array([True, False, None, True])
+    assert kept_where(mask, values).to_pylist() == ["a", None, None, None]
+    assert nulled_where(mask, values).to_pylist() == [None, "b", None, None]
+    assert kept_where(mask, values).type == nulled_where(mask, values).type == pa.string()

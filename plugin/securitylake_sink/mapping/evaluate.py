@@ -12,7 +12,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from securitylake_sink.columnar import FALSE, null_of, scalar_of
+from securitylake_sink.columnar import FALSE, kept_where, scalar_of
 from securitylake_sink.mapping.assemble import AttrPath, constant, struct_of, type_at
 from securitylake_sink.mapping.capture import extract, group_names
 from securitylake_sink.mapping.columns import Frame
@@ -48,7 +48,7 @@ def _blank_to_null(values: pa.Array) -> pa.Array:
     lengths = pc.binary_length(values)
     keep = pc.fill_null(pc.greater(lengths, scalar_of(0, lengths.type)), FALSE)
     if not pa.types.is_string(values.type) or values.offset or keep.offset:
-        return pc.if_else(keep, values, null_of(values))
+        return kept_where(keep, values)
     _, offsets, data = values.buffers()
     return pa.Array.from_buffers(pa.string(), len(values), [keep.buffers()[1], offsets, data])
 
@@ -173,7 +173,7 @@ class Evaluator:
         for junk in step.remove:  # replaced by the separator, and only in the records that have it
             has = pc.fill_null(pc.match_substring(source, junk), FALSE)
             if has.true_count > 0:
-                cleaned = pc.replace_substring(pc.if_else(has, source, null_of(source)), junk, step.separator)
+                cleaned = pc.replace_substring(kept_where(has, source), junk, step.separator)
                 source = pc.coalesce(cleaned, source)
         tokens = pc.split_pattern(source, step.separator)
         flat = pc.list_flatten(tokens)
@@ -240,7 +240,7 @@ class Evaluator:
         key = (id(values), _rows_key(self.needed))
         known = self._masked.get(key)
         if known is None:  # the column is kept with its masked copy, so its id stays its own
-            known = self._masked[key] = (values, pc.if_else(self.needed, values, null_of(values)))
+            known = self._masked[key] = (values, kept_where(self.needed, values))
         return known[1]
 
     def _cast(self, values: pa.Array, target: pa.DataType | None, label: str) -> pa.Array:

@@ -24,7 +24,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from securitylake_sink.columnar import FALSE, null_of, row_numbers, scalar_of
+from securitylake_sink.columnar import FALSE, kept_where, nulled_where, row_numbers, scalar_of
 from securitylake_sink.mapping.assemble import constant
 from securitylake_sink.mapping.spec import Ops
 from securitylake_sink.mapping.timeparse import parse_times
@@ -161,17 +161,17 @@ def _ints(values: pa.Array, bits: int) -> tuple[pa.Array, pa.Array | None]:
         if bits == 32:
             int64 = pa.int64()
             bad = pc.or_kleene(pc.less(wide, scalar_of(low, int64)), pc.greater(wide, scalar_of(high, int64)))
-            wide = pc.if_else(bad, null_of(wide), wide)
+            wide = nulled_where(bad, wide)
         return pc.cast(wide, target), bad
     if pa.types.is_floating(t):
         integral = pc.and_(
             pc.equal(pc.floor(values), values), pc.and_(pc.greater_equal(values, low), pc.less_equal(values, high))
         )
         bad = pc.invert(integral)
-        return pc.cast(pc.if_else(integral, values, null_of(values)), target), bad
+        return pc.cast(kept_where(integral, values), target), bad
     if pa.types.is_string(t):
         ok = pc.match_substring_regex(values, INT_RE)
-        text = pc.if_else(ok, pc.utf8_trim_whitespace(values), null_of(values))
+        text = kept_where(ok, pc.utf8_trim_whitespace(values))
         try:
             wide = pc.cast(text, pa.int64())
         except pa.ArrowInvalid:  # a run of digits past int64
@@ -191,7 +191,7 @@ def _floats(values: pa.Array) -> tuple[pa.Array, pa.Array | None]:
         return pc.cast(values, pa.float64()), None
     if pa.types.is_string(t):
         ok = pc.match_substring_regex(values, FLOAT_RE)
-        return pc.cast(pc.if_else(ok, pc.utf8_trim_whitespace(values), null_of(values)), pa.float64()), pc.invert(ok)
+        return pc.cast(kept_where(ok, pc.utf8_trim_whitespace(values)), pa.float64()), pc.invert(ok)
     return pa.nulls(len(values), pa.float64()), pc.is_valid(values)
 
 
@@ -267,7 +267,7 @@ def _element(values: pa.Array, index: int) -> pa.Array:
     if not (pa.types.is_list(values.type) or pa.types.is_large_list(values.type)):
         return values if index == 0 else pa.nulls(len(values), values.type)
     long_enough = pc.greater(pc.list_value_length(values), index)
-    return pc.list_element(pc.if_else(long_enough, values, null_of(values)), index)
+    return pc.list_element(kept_where(long_enough, values), index)
 
 
 def _split(text: pa.Array, sep: str, after: bool) -> pa.Array:
@@ -278,7 +278,7 @@ def _split(text: pa.Array, sep: str, after: bool) -> pa.Array:
         return pc.list_element(parts, 0)
     rest = pc.utf8_slice_codeunits(pc.list_element(parts, 1), 0, -len(sep))
     found = pc.find_substring(text, sep)
-    return pc.if_else(pc.greater_equal(found, scalar_of(0, found.type)), rest, null_of(rest))
+    return kept_where(pc.greater_equal(found, scalar_of(0, found.type)), rest)
 
 
 def _split_list(text: pa.Array, sep: str) -> pa.Array:
@@ -305,7 +305,7 @@ def _decode(text: pa.Array, how: str) -> pa.Array:
     if how == "audit":
         quoted = pc.fill_null(pc.and_(pc.starts_with(text, '"'), pc.ends_with(text, '"')), FALSE)
         text = pc.if_else(quoted, pc.utf8_slice_codeunits(text, 1, -1), text)
-        text = pc.if_else(pc.is_in(text, value_set=pa.array(["(null)", "?"])), null_of(text), text)
+        text = nulled_where(pc.is_in(text, value_set=pa.array(["(null)", "?"])), text)
         hexed = pc.and_(pc.invert(quoted), pc.fill_null(pc.match_substring_regex(text, HEX_RE), FALSE))
     else:
         hexed = pc.fill_null(pc.match_substring_regex(text, HEX_RE), FALSE)
@@ -350,7 +350,7 @@ def _shape_ops(values: pa.Array, ops: Ops) -> pa.Array:
         values = pc.utf8_trim(values, ops.trim) if ops.trim else pc.utf8_trim_whitespace(values)
     if ops.null_if:
         listed = pa.array([text_of(v) for v in ops.null_if], pa.string())
-        values = pc.if_else(pc.fill_null(pc.is_in(as_text(values), value_set=listed), FALSE), null_of(values), values)
+        values = nulled_where(pc.fill_null(pc.is_in(as_text(values), value_set=listed), FALSE), values)
     if ops.split is not None:
         values = _split_list(values, ops.split)
     if ops.replace:

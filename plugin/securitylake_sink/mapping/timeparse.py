@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from securitylake_sink.columnar import FALSE, null_of, scalar_of
+from securitylake_sink.columnar import FALSE, kept_where, nulled_where, scalar_of
 
 MS_PER_DAY = 86_400_000
 # Epoch values at or above these are taken as ms, µs and ns (1e11 s is the year 5138).
@@ -48,7 +48,7 @@ def _numbers(values: pa.Array) -> pa.Array:
         return pa.nulls(len(values), pa.float64())
     text = _as_text(values)
     ok = pc.fill_null(pc.match_substring_regex(text, _NUMBER), FALSE)
-    return pc.cast(pc.if_else(ok, pc.utf8_trim_whitespace(text), null_of(text)), pa.float64())
+    return pc.cast(kept_where(ok, pc.utf8_trim_whitespace(text)), pa.float64())
 
 
 def _epoch_ints(values: pa.Array, unit: str) -> pa.Array:
@@ -129,14 +129,14 @@ def _rfc3339(values: pa.Array, tz_minutes: int) -> pa.Array:
     ok = pc.fill_null(pc.match_substring_regex(text, _RFC3339), FALSE)
     if ok.true_count == 0:
         return _null_ms(len(values))
-    text = pc.if_else(ok, text, null_of(text))
+    text = kept_where(ok, text)
     if pc.match_substring(text, " +").true_count > 0 or pc.match_substring(text, " -").true_count > 0:
         text = pc.replace_substring_regex(text, r" ([+-]\d\d(?::?\d\d)?)$", r"\1")
     text = pc.replace_substring(text, ",", ".")
     zoned = pc.fill_null(pc.match_substring_regex(text, _ZONED), FALSE)
     try:
-        with_zone = _ns_to_ms(pc.cast(pc.if_else(zoned, text, null_of(text)), pa.timestamp("ns", "UTC")))
-        local = _ns_to_ms(pc.cast(pc.if_else(zoned, null_of(text), text), pa.timestamp("ns")))
+        with_zone = _ns_to_ms(pc.cast(kept_where(zoned, text), pa.timestamp("ns", "UTC")))
+        local = _ns_to_ms(pc.cast(nulled_where(zoned, text), pa.timestamp("ns")))
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         return _python_iso(text, tz_minutes)
     return pc.coalesce(with_zone, _shift(local, tz_minutes))
@@ -147,7 +147,7 @@ def _rfc3164(values: pa.Array, ref_ms: pa.Array, tz_minutes: int) -> pa.Array:
     ok = pc.fill_null(pc.match_substring_regex(text, _RFC3164), FALSE)
     if ok.true_count == 0:
         return _null_ms(len(values))
-    parts = pc.split_pattern(pc.replace_substring(pc.if_else(ok, text, null_of(text)), "  ", " "), " ")
+    parts = pc.split_pattern(pc.replace_substring(kept_where(ok, text), "  ", " "), " ")
     month = pc.take(_MM, pc.index_in(pc.list_element(parts, 0), _MONTHS))
     day = pc.utf8_lpad(pc.list_element(parts, 1), 2, "0")
     hms = pc.list_element(parts, 2)
@@ -155,7 +155,7 @@ def _rfc3164(values: pa.Array, ref_ms: pa.Array, tz_minutes: int) -> pa.Array:
 
     def at_year(year: pa.Array) -> pa.Array:
         iso = pc.binary_join_element_wise(pc.cast(year, pa.string()), "-", month, "-", day, "T", hms, "")
-        stamp = pc.cast(pc.if_else(pc.is_valid(month), iso, null_of(iso)), pa.timestamp("s"), safe=False)
+        stamp = pc.cast(kept_where(pc.is_valid(month), iso), pa.timestamp("s"), safe=False)
         return _shift(pc.multiply(pc.cast(stamp, pa.int64()), 1000), tz_minutes)
 
     this_year = at_year(ref_year)
@@ -171,7 +171,7 @@ def _clf(values: pa.Array) -> pa.Array:
     ok = pc.fill_null(pc.match_substring_regex(text, _CLF), FALSE)
     if ok.true_count == 0:
         return _null_ms(len(values))
-    text = pc.if_else(ok, text, null_of(text))
+    text = kept_where(ok, text)
 
     def part(start: int, stop: int) -> pa.Array:
         return pc.utf8_slice_codeunits(text, start, stop)
@@ -201,7 +201,7 @@ def parse_times(values: pa.Array, formats: Sequence[str], ref_ms: pa.Array, tz_m
         if result is not None:
             if result.null_count == values.null_count:
                 break
-            values = pc.if_else(pc.is_null(result), values, null_of(values))  # only what is still unparsed
+            values = kept_where(pc.is_null(result), values)  # only what is still unparsed
         if fmt == "auto":
             step = pc.coalesce(_epoch(values, "epoch"), _rfc3339(values, tz_minutes))
         elif fmt.startswith("epoch"):
