@@ -126,14 +126,14 @@ def _rows(header: list[str], rows: list[list[Any]]) -> list[str]:
     return [line.rstrip() for line in (lines[0], "  ".join("-" * w for w in widths), *lines[1:])]
 
 
-def _acked_per_sec(f: dict[str, Any]) -> int | None:
+def acked_per_sec(f: dict[str, Any]) -> int | None:
     seconds = f.get("seconds_to_last_ack")
     return round(f["records"] / seconds) if seconds else None
 
 
 def _e2e_row(name: str, f: dict[str, Any]) -> list[Any]:
     counts = f"{f['rows_in_lake']:,}+{f['dead_letters']:,}={f['records']:,}" + ("" if f["counts_ok"] else " MISMATCH")
-    return [name, f["records_per_sec"], _acked_per_sec(f), f["sink_cpu_secs_per_million"], f["sink_peak_rss_mb"],
+    return [name, f["records_per_sec"], acked_per_sec(f), f["sink_cpu_secs_per_million"], f["sink_peak_rss_mb"],
             f.get("ack_p50_ms"), f.get("ack_p99_ms"), f.get("parquet_over_wire"), f.get("wire_zstd_over_wire"), counts]
 
 
@@ -245,7 +245,7 @@ def table(result: dict[str, Any]) -> str:
                 [
                     "fluent-bit -> sink (to last object)",
                     sink["records_per_sec"],
-                    _acked_per_sec(sink),
+                    acked_per_sec(sink),
                     sink["sink_cpu_secs_per_million"],
                     sink["sink_peak_rss_mb"],
                     f"{sink['rows_in_lake']:,}+{sink['dead_letters']:,}={sink['records']:,}"

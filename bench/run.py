@@ -25,7 +25,7 @@ import fluentbit
 import stages
 from frames import pack_frames
 from records import generate
-from report import combine, machine, table
+from report import acked_per_sec, combine, machine, table
 
 MIXES = ("preparsed", "raw", "mixed")
 SMOKE_RECORDS = 3000
@@ -44,10 +44,9 @@ def _fluent_bit(records: int, start_ms: int, enabled: bool) -> dict[str, Any]:
     items = generate("mixed", records, start_ms)
     timeout = max(120.0, records / 200)  # generous: a stall fails the run, a slow machine does not
     to_sink, baseline = fluentbit.to_sink(items, timeout), fluentbit.baseline(items, timeout)
-    acked = to_sink["records"] / to_sink["seconds_to_last_ack"]
     return {"binary": fluentbit.FLUENT_BIT, "to_sink": to_sink, "baseline": baseline,
             "sink_over_baseline": round(to_sink["records_per_sec"] / baseline["records_per_sec"], 3),
-            "acked_over_baseline": round(acked / baseline["records_per_sec"], 3)}
+            "acked_over_baseline": round((acked_per_sec(to_sink) or 0) / baseline["records_per_sec"], 3)}
 
 
 def checks(result: dict[str, Any]) -> dict[str, bool]:
